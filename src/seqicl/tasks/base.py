@@ -1,0 +1,189 @@
+"""Task base classes, the task registry and the shared sampling helpers."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable, Dict, Type
+
+import torch
+
+from seqicl.errors import ConfigError
+
+IGNORE_INDEX = -100
+
+_REGISTRY: Dict[str, Type["Task"]] = {}
+
+
+def register(name: str) -> Callable[[Type["Task"]], Type["Task"]]:
+    """Class decorator: register a task under ``name``."""
+
+    def deco(cls: Type["Task"]) -> Type["Task"]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"task name {name!r} is registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def available() -> list[str]:
+    """Sorted names of the registered tasks."""
+    return sorted(_REGISTRY)
+
+
+def task_class(name: str) -> Type["Task"]:
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown task {name!r}; registered tasks: {', '.join(available())}")
+    return _REGISTRY[name]
+
+
+def parameters(name: str) -> dict:
+    """The constructor parameters of task ``name`` with their defaults."""
+    sig = inspect.signature(task_class(name).__init__)
+    return {p.name: p.default for p in list(sig.parameters.values())[1:]}
+
+
+def build(name: str, **params) -> "Task":
+    """Build task ``name``; an unknown name or parameter, or a bad value, raises ValueError."""
+    cls = task_class(name)
+    valid = parameters(name)
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"task {name!r} has no parameter {unknown[0]!r}; its parameters: {', '.join(valid)}"
+        )
+    return cls(**params)
+
+
+class Task:
+    """A seeded, vectorised generator of examples.
+
+    ``sample(n, seed)`` returns a dict of tensors whose first dimension is the example index
+    (plain Python values in the dict are metadata shared by the batch). The same
+    ``(n, seed, parameters)`` always gives the same batch.
+    """
+
+    name: str = ""
+    kind: str = "token"  # "token" or "continuous"
+    finite_support: bool = True  # whether identical examples can recur (de-duplication matters)
+
+    def sample(self, n: int, seed: int = 0, device: str | torch.device = "cpu") -> dict:
+        raise NotImplementedError
+
+    def params(self) -> dict:
+        """The constructor arguments this task was built with."""
+        return {k: getattr(self, k) for k in parameters(self.name)}
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({inner})"
+
+
+class TokenTask(Task):
+    """Token-sequence tasks: ``inputs`` and ``targets`` LongTensors of shape (n, seq_len).
+
+    ``targets[:, t]`` is what the model must output after reading ``inputs[:, :t+1]``;
+    ``-100`` marks positions that are not scored. A task that trains on other targets than it
+    is evaluated on also returns ``loss_targets``.
+    """
+
+    kind = "token"
+    vocab_size: int
+    seq_len: int
+
+    def random_guess_accuracy(self) -> float:
+        """Accuracy of guessing uniformly among the answers a scored position can have."""
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------------------------
+# parameter validation
+
+
+def check_int(name: str, value, low: int | None = None, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if low is not None and value < low:
+        raise ConfigError(f"{name} must be >= {low}, got {value}")
+    if high is not None and value > high:
+        raise ConfigError(f"{name} must be <= {high}, got {value}")
+    return value
+
+
+def check_float(name: str, value, low: float | None = None, high: float | None = None,
+                low_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if value != value:
+        raise ConfigError(f"{name} must be a number, got nan")
+    if low is not None and (value <= low if low_open else value < low):
+        raise ConfigError(f"{name} must be {'>' if low_open else '>='} {low}, got {value}")
+    if high is not None and value > high:
+        raise ConfigError(f"{name} must be <= {high}, got {value}")
+    return value
+
+
+def check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
+def check_choice(name: str, value, choices) -> str:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+    return value
+
+
+def check_n(n) -> int:
+    return check_int("n", n, low=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# vectorised sampling helpers
+
+
+def sample_distinct(n: int, k: int, low: int, high: int, gen: torch.Generator) -> torch.Tensor:
+    """(n, k) integers from [low, high), distinct within each row, in uniformly random order."""
+    size = high - low
+    if k > size:
+        raise ValueError(f"cannot draw {k} distinct values from a range of {size}")
+    device = gen.device
+    if n * size <= 1 << 24 or 4 * k * k > size:
+        perm = torch.rand(n, size, generator=gen, device=device).argsort(dim=1)[:, :k]
+        return perm + low
+    # Rejection: iid draws conditioned on being distinct are uniform over ordered k-subsets.
+    out = torch.randint(low, high, (n, k), generator=gen, device=device)
+    bad = _rows_with_duplicates(out)
+    while bool(bad.any()):
+        idx = bad.nonzero().squeeze(1)
+        out[idx] = torch.randint(low, high, (idx.numel(), k), generator=gen, device=device)
+        bad = torch.zeros_like(bad)
+        bad[idx] = _rows_with_duplicates(out[idx])
+    return out
+
+
+def _rows_with_duplicates(x: torch.Tensor) -> torch.Tensor:
+    s = x.sort(dim=1).values
+    return (s[:, 1:] == s[:, :-1]).any(dim=1)
+
+
+def sample_excluding(excluded: torch.Tensor, high: int, shape: tuple, gen: torch.Generator) -> torch.Tensor:
+    """Uniform integers from [0, high) minus each row's ``excluded`` values (distinct per row).
+
+    ``excluded`` is (n, m); the result is (n, *shape).
+    """
+    n, m = excluded.shape
+    r = torch.randint(0, high - m, (n, *shape), generator=gen, device=gen.device)
+    # Map r to the r-th allowed value: shift past every excluded value at or below it.
+    ex = excluded.sort(dim=1).values - torch.arange(m, device=excluded.device)
+    shift = torch.searchsorted(ex, r.reshape(n, -1), right=True).reshape(r.shape)
+    return r + shift
+
+
+def gumbel_topk(logits: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    """k indices per row sampled without replacement with probabilities softmax(logits)."""
+    u = torch.rand(logits.shape, generator=gen, device=gen.device).clamp_(1e-20, 1.0)
+    return (logits - torch.log(-torch.log(u))).topk(k, dim=-1).indices

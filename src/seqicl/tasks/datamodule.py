@@ -1,0 +1,171 @@
+"""One LightningDataModule that serves any task, from fixed splits or an online stream.
+
+Training batches come from a resumable iterable: its position (epoch, batch) is saved in
+checkpoints, so a resumed run sees exactly the batches an uninterrupted run would have seen.
+Fixed datasets are shuffled by a permutation seeded from (seed, epoch); an online stream draws
+batch ``(epoch, i)`` with a seed derived from it and drops any example that is also in the
+validation or test set.
+"""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+
+from seqicl.errors import ConfigError
+from seqicl.seeding import derive_seed, generator
+from seqicl.tasks.base import Task
+from seqicl.tasks.splits import (assert_disjoint, batch_size_of, batch_to, concat_batches, draw_unique,
+                                 example_hashes, index_batch)
+
+
+class TrainBatches:
+    """A resumable iterable of training batches (implements ``state_dict``/``load_state_dict``)."""
+
+    def __init__(self, task: Task, batch_size: int, seed: int, data: dict | None = None,
+                 steps_per_epoch: int = 1000, exclude: torch.Tensor | None = None,
+                 device: torch.device | str = "cpu"):
+        self.task, self.batch_size, self.seed = task, batch_size, seed
+        self.data, self.exclude, self.device = data, exclude, torch.device(device)
+        if data is not None:
+            n = batch_size_of(data)
+            if n < batch_size:
+                raise ConfigError(f"data.train_size={n} is smaller than data.batch_size={batch_size}")
+            self.length = n // batch_size
+        else:
+            self.length = steps_per_epoch
+        self.epoch, self.pos = 0, 0
+        self._perm_epoch, self._perm = -1, None
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        if self.pos >= self.length:
+            self.epoch, self.pos = self.epoch + 1, 0
+        return self
+
+    def __next__(self) -> dict:
+        if self.pos >= self.length:
+            raise StopIteration
+        batch = self.batch(self.epoch, self.pos)
+        self.pos += 1
+        return batch
+
+    def batch(self, epoch: int, i: int) -> dict:
+        bs = self.batch_size
+        if self.data is not None:
+            if self._perm_epoch != epoch:
+                n = batch_size_of(self.data)
+                perm = torch.randperm(n, generator=generator(derive_seed(self.seed, "epoch", epoch)))
+                self._perm, self._perm_epoch = perm.to(self._data_device()), epoch
+            return index_batch(self.data, self._perm[i * bs:(i + 1) * bs])
+        return self._fresh(derive_seed(self.seed, "stream", epoch, i))
+
+    def _data_device(self):
+        return next(v.device for v in self.data.values() if torch.is_tensor(v))
+
+    def _fresh(self, seed: int) -> dict:
+        batch = self.task.sample(self.batch_size, seed=seed, device=self.device)
+        if self.exclude is None:
+            return batch
+        clash = torch.isin(example_hashes(batch), self.exclude)
+        if not bool(clash.any()):
+            return batch
+        parts, have, r = [index_batch(batch, ~clash)], int((~clash).sum()), 0
+        while have < self.batch_size:
+            r += 1
+            extra = self.task.sample(self.batch_size, seed=derive_seed(seed, "top-up", r), device=self.device)
+            extra = index_batch(extra, ~torch.isin(example_hashes(extra), self.exclude))
+            parts.append(extra)
+            have += batch_size_of(extra)
+        return index_batch(concat_batches(parts), slice(0, self.batch_size))
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+
+
+class EvalBatches:
+    """Consecutive slices of a fixed split (one iterable, so Lightning sees one dataloader)."""
+
+    def __init__(self, data: dict, batch_size: int):
+        self.data, self.batch_size, self.n = data, batch_size, batch_size_of(data)
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def __iter__(self):
+        for i in range(0, self.n, self.batch_size):
+            yield index_batch(self.data, slice(i, i + self.batch_size))
+
+
+class TaskDataModule(pl.LightningDataModule):
+    """Train / validation / test data for any task.
+
+    ``train_size=None`` streams fresh training examples (never one of the validation or test
+    examples); an integer draws a fixed training set, disjoint from validation and test.
+    Evaluation batches are fixed. Data live on the training device when ``on_device``.
+    """
+
+    def __init__(self, task: Task, batch_size: int = 64, train_size: int | None = None,
+                 val_size: int = 500, test_size: int = 1000, eval_batch_size: int | None = None,
+                 steps_per_epoch: int = 1000, on_device: bool = True, seed: int = 0):
+        super().__init__()
+        for name, v in (("batch_size", batch_size), ("val_size", val_size), ("test_size", test_size),
+                        ("steps_per_epoch", steps_per_epoch)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"data.{name} must be a positive integer, got {v!r}")
+        if train_size is not None and (isinstance(train_size, bool) or not isinstance(train_size, int)
+                                       or train_size < 1):
+            raise ConfigError(f"data.train_size must be a positive integer or null (online), got {train_size!r}")
+        self.task, self.batch_size, self.train_size = task, batch_size, train_size
+        self.val_size, self.test_size = val_size, test_size
+        self.eval_batch_size = eval_batch_size or max(batch_size, 256)
+        self.steps_per_epoch, self.on_device, self.seed = steps_per_epoch, on_device, seed
+        self.splits: dict | None = None
+        self.train_batches: TrainBatches | None = None
+
+    def _device(self) -> torch.device:
+        if self.on_device and self.trainer is not None:
+            return self.trainer.strategy.root_device
+        return torch.device("cpu")
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits is not None:
+            return
+        seen = torch.empty(0, dtype=torch.long)
+        splits = {}
+        sizes = (("test", self.test_size), ("val", self.val_size), ("train", self.train_size))
+        for split, size in sizes:
+            if size is None:
+                continue
+            batch, h = draw_unique(self.task, size, derive_seed(self.seed, self.task.name, split), exclude=seen)
+            splits[split] = batch
+            if h is not None:
+                seen = torch.cat([seen, h])
+        assert_disjoint(splits)
+        device = self._device()
+        self.splits = {k: batch_to(v, device) for k, v in splits.items()}
+        exclude = seen.to(device) if self.task.finite_support else None
+        self.train_batches = TrainBatches(self.task, self.batch_size, derive_seed(self.seed, "train"),
+                                          data=self.splits.get("train"), steps_per_epoch=self.steps_per_epoch,
+                                          exclude=exclude, device=device)
+
+    def train_dataloader(self):
+        return self.train_batches
+
+    def _eval_batches(self, split: str) -> "EvalBatches":
+        return EvalBatches(self.splits[split], self.eval_batch_size)
+
+    def val_dataloader(self):
+        return self._eval_batches("val")
+
+    def test_dataloader(self):
+        return self._eval_batches("test")
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        return batch_to(batch, device)
+

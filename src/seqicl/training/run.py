@@ -1,0 +1,157 @@
+"""The run driver behind ``python -m train``: data, model, trainer, fit, test once, results.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
+
+from seqicl import tasks
+from seqicl.errors import ConfigError
+from seqicl.models import TokenLM, count_parameters
+from seqicl.tasks.datamodule import TaskDataModule
+from seqicl.training.callbacks import AtomicCheckpointIO, StopAtAccuracy
+from seqicl.training.module import SeqICLModule
+
+
+def build_task(task_cfg: dict) -> tasks.Task:
+    params = {k: v for k, v in task_cfg.items() if k != "name"}
+    return tasks.build(task_cfg["name"], **params)
+
+
+def build_model(model_cfg: dict, task: tasks.Task) -> torch.nn.Module:
+    cfg = {k: v for k, v in model_cfg.items() if k not in ("name", "backbone")}
+    backbone = model_cfg.get("backbone", "token_lm")
+    if backbone != "token_lm":
+        raise ConfigError(f"model.backbone must be token_lm, got {backbone!r}")
+    if task.kind != "token":
+        raise ConfigError(f"task {task.name!r} is not a token task; model.backbone=token_lm cannot serve it")
+    return TokenLM(vocab_size=task.vocab_size, max_len=task.seq_len, **cfg)
+
+
+def describe_model(model_cfg: dict) -> str:
+    if model_cfg.get("name"):
+        return str(model_cfg["name"])
+    return f"{model_cfg.get('n_layers')}x{_layer_name(model_cfg.get('mixer'))}"
+
+
+def _layer_name(spec) -> str:
+    return spec if isinstance(spec, str) or spec is None else spec.get("name", "?")
+
+
+def _loggers(cfg: dict, out: Path):
+    name = cfg["name"]
+    if name == "csv":
+        return pl.loggers.CSVLogger(save_dir=str(out), name="", version="")
+    if name == "tensorboard":
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise ConfigError("logger=tensorboard needs the tensorboard package: pip install tensorboard") from None
+        return [pl.loggers.CSVLogger(save_dir=str(out), name="", version=""),
+                pl.loggers.TensorBoardLogger(save_dir=str(out), name="", version="tensorboard")]
+    if name == "wandb":
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise ConfigError("logger=wandb needs wandb: pip install -e '.[wandb]'") from None
+        offline = cfg.get("offline")
+        if offline is None:
+            offline = not os.environ.get("WANDB_API_KEY")
+        return [pl.loggers.CSVLogger(save_dir=str(out), name="", version=""),
+                pl.loggers.WandbLogger(project=cfg.get("project") or "seqicl", entity=cfg.get("entity"),
+                                       offline=offline, tags=cfg.get("tags"), save_dir=str(out))]
+    raise ConfigError(f"logger.name must be csv, tensorboard or wandb, got {name!r}")
+
+
+def _callbacks(cfg: dict, out: Path) -> list:
+    cbs = []
+    if cfg.get("checkpoint", True):
+        cbs.append(ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best", monitor="val/accuracy",
+                                   mode="max", save_top_k=1, save_last=True, enable_version_counter=False,
+                                   auto_insert_metric_name=False))
+    if cfg.get("lr_monitor", True):
+        cbs.append(LearningRateMonitor(logging_interval="step"))
+    bar = cfg.get("progress_bar", "rich")
+    if bar == "rich":
+        cbs.append(RichProgressBar(leave=True))
+    elif bar == "tqdm":
+        cbs.append(TQDMProgressBar())
+    elif bar not in ("none", None):
+        raise ConfigError(f"callbacks.progress_bar must be rich, tqdm or none, got {bar!r}")
+    if cfg.get("stop_at_accuracy") is not None:
+        cbs.append(StopAtAccuracy(float(cfg["stop_at_accuracy"])))
+    return cbs
+
+
+def git_sha() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def prepare_output_dir(path: Path) -> Path:
+    """Create the run directory; refuse one that already holds another run's results."""
+    if (path / "results.json").exists():
+        raise ConfigError(f"{path} already holds a finished run (results.json); choose another output directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"cannot write to output directory {path}: {e.strerror}") from None
+    return path
+
+
+def train(c: dict, output_dir: str | os.PathLike) -> dict:
+    """Run one experiment from a validated, resolved config; return what results.json holds."""
+    out = prepare_output_dir(Path(output_dir))
+    pl.seed_everything(int(c["seed"]), workers=True, verbose=False)
+    task = build_task(c["task"])
+    ckpt_path = c.get("ckpt_path")
+    if ckpt_path is not None and not Path(ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path} does not exist")
+    data = TaskDataModule(task, seed=int(c["seed"]), **c["data"])
+    model = build_model(c["model"], task)
+    max_steps = int(c["trainer"]["max_steps"])
+    module = SeqICLModule(model, c["optim"], c["scheduler"], max_steps)
+    trainer_cfg = dict(c["trainer"])
+    trainer_cfg.setdefault("enable_progress_bar", c["callbacks"].get("progress_bar", "rich") not in ("none", None))
+    trainer = pl.Trainer(**trainer_cfg, callbacks=_callbacks(c["callbacks"], out),
+                         logger=_loggers(c["logger"], out), default_root_dir=str(out),
+                         plugins=[AtomicCheckpointIO()])
+    start = time.time()
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    fit_time = time.time() - start
+    ckpt_cb = trainer.checkpoint_callback
+    best = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None
+    trainer.validate(module, datamodule=data, ckpt_path=best, verbose=False)
+    trainer.test(module, datamodule=data, ckpt_path=best, verbose=False)
+    results = {
+        "status": "completed",
+        "task": task.name,
+        "task_params": task.params(),
+        "model": describe_model(c["model"]),
+        "params": count_parameters(model),
+        "seed": int(c["seed"]),
+        "steps": int(trainer.global_step),
+        "wall_time_s": round(time.time() - start, 2),
+        "train_time_s": round(fit_time, 2),
+        "git_sha": git_sha(),
+        "best_checkpoint": best,
+        "val": module.final_metrics.get("val", {}),
+        "test": module.final_metrics.get("test", {}),
+        "accuracy_averaging": "micro (correct / scored positions)",
+    }
+    with open(out / "results.json", "w") as f:
+        json.dump(results, f, indent=2)
+    return results

@@ -1,0 +1,32 @@
+"""Train one model on one task: ``python -m train [experiment=...] [key=value ...]``.
+
+The whole run lives in ``seqicl.training``; this file is the Hydra entry point.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from seqicl.cli import fail, print_summary, run_dir
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> dict:
+    from seqicl.errors import ConfigError
+    from seqicl.training import train
+    from seqicl.training.config import validate
+
+    try:
+        c = validate(cfg)
+        results = train(c, run_dir(cfg))
+    except ConfigError as e:
+        fail(e)
+    print_summary(results, run_dir(cfg))
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(main())
