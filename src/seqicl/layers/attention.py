@@ -80,15 +80,37 @@ class Attention(nn.Module):
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         return q, k, v
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, D = x.shape
-        q, k, v = self.qkv(x)
+    def _expand_kv(self, k, v):
         groups = self.n_heads // self.n_kv_heads
         if groups > 1:
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        return k, v
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        q, k, v = self.qkv(x)
+        k, v = self._expand_kv(k, v)
         p = self.dropout if self.training else 0.0
         if self.impl == "torch":
             y = causal_attention_reference(q, k, v, dropout_p=p)
         else:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
         return self.out_proj(y.transpose(1, 2).reshape(B, T, D))
+
+    # Incremental decoding with a key/value cache: the state grows by one position per step.
+    def init_state(self, batch_size: int, device=None, dtype=None) -> dict:
+        empty = torch.zeros(batch_size, self.n_kv_heads, 0, self.head_dim, device=device, dtype=dtype)
+        return {"k": empty, "v": empty.clone()}
+
+    def step(self, x: torch.Tensor, state: dict):
+        B, D = x.shape
+        t = state["k"].shape[2]
+        q, k, v = self.qkv(x[:, None], offset=t)
+        k_all, v_all = torch.cat([state["k"], k], dim=2), torch.cat([state["v"], v], dim=2)
+        ke, ve = self._expand_kv(k_all, v_all)
+        y = F.scaled_dot_product_attention(q, ke, ve)
+        return self.out_proj(y.transpose(1, 2).reshape(B, D)), {"k": k_all, "v": v_all}
+
+    def state_size(self, seq_len: int) -> int:
+        """Elements carried per sequence at inference: the key/value cache after seq_len tokens."""
+        return 2 * seq_len * self.n_kv_heads * self.head_dim
