@@ -66,10 +66,21 @@ class Task:
 
     name: str = ""
     kind: str = "token"  # "token" or "continuous"
+    objective: str = ""  # the name of a training objective (seqicl.training.objectives)
+    backbone: str = "token_lm"  # the backbone that serves this task when model.backbone is auto
     finite_support: bool = True  # whether identical examples can recur (de-duplication matters)
 
     def sample(self, n: int, seed: int = 0, device: str | torch.device = "cpu") -> dict:
         raise NotImplementedError
+
+    def eval_stats(self, batch: dict, **outputs) -> dict:
+        """Task-specific evaluation statistics: ``{name: (sum, count)}`` (tensors, scalar or vector).
+
+        Called on validation and test batches with the objective's outputs (for token tasks:
+        ``mask`` of scored positions and the ``logits`` at them). The metric reported is
+        sum / count over the whole split.
+        """
+        return {}
 
     def params(self) -> dict:
         """The constructor arguments this task was built with."""
@@ -89,6 +100,7 @@ class TokenTask(Task):
     """
 
     kind = "token"
+    objective = "cross_entropy"
     vocab_size: int
     seq_len: int
 

@@ -6,11 +6,10 @@ import math
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from seqicl.errors import ConfigError
-from seqicl.tasks.base import IGNORE_INDEX
+from seqicl.training.objectives import objective_fn
 
 SCHEDULES = ("cosine", "linear", "constant")
 
@@ -31,49 +30,41 @@ def lr_lambda(name: str, warmup_steps: int, total_steps: int, min_lr_ratio: floa
 
 
 class SeqICLModule(pl.LightningModule):
-    """Trains a token model on ``loss_targets`` (or ``targets``) and evaluates on ``targets``.
+    """Trains ``model`` on ``task`` with the task's objective; evaluates with micro-averaged metrics.
 
-    Accuracy is micro-averaged: correct predictions over all scored positions of the split.
+    Evaluation statistics are (sum, count) pairs accumulated over the whole split, reduced
+    across processes, and divided once at the end of the split.
     """
 
-    def __init__(self, model: nn.Module, optim: dict, scheduler: dict, max_steps: int):
+    def __init__(self, model: nn.Module, task, optim: dict, scheduler: dict, max_steps: int):
         super().__init__()
-        self.model = model
+        self.model, self.task = model, task
+        self.objective = objective_fn(task.objective)
         self.optim_cfg, self.sched_cfg, self.max_steps = dict(optim), dict(scheduler), max_steps
-        self._sums: dict[str, torch.Tensor] = {}
+        self._sums: dict[str, dict] = {}
         self.final_metrics: dict[str, dict] = {}
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.model(tokens)
-
-    def _scored_logits(self, inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Logits at the positions in ``mask`` only, when the model exposes hidden() and head."""
-        if hasattr(self.model, "hidden") and hasattr(self.model, "head"):
-            return self.model.head(self.model.hidden(inputs)[mask])
-        return self.model(inputs)[mask]
-
-    def _step(self, inputs, targets):
-        mask = targets != IGNORE_INDEX
-        logits = self._scored_logits(inputs, mask)
-        y = targets[mask]
-        loss_sum = F.cross_entropy(logits.float(), y, reduction="sum")
-        correct = (logits.argmax(dim=-1) == y).sum()
-        return loss_sum, correct, y.numel()
+    def forward(self, *args):
+        return self.model(*args)
 
     def training_step(self, batch, batch_idx):
-        targets = batch.get("loss_targets", batch["targets"])
-        loss_sum, correct, count = self._step(batch["inputs"], targets)
-        loss = loss_sum / max(count, 1)
+        loss, stats = self.objective(self.model, batch, self.task, train=True)
         self.log("train/loss", loss, prog_bar=True)
-        if "loss_targets" not in batch:
-            self.log("train/accuracy", correct / max(count, 1))
+        if "loss_targets" not in batch and "accuracy" in stats:
+            s, c = stats["accuracy"]
+            self.log("train/accuracy", s / c.clamp(min=1))
         return loss
 
     def _eval_step(self, batch, prefix: str):
-        loss_sum, correct, count = self._step(batch["inputs"], batch["targets"])
-        s = self._sums.setdefault(prefix, torch.zeros(3, dtype=torch.float64, device=self.device))
-        s += torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(count), device=self.device,
-                                                                             dtype=torch.float64)])
+        _, stats = self.objective(self.model, batch, self.task, train=False)
+        acc = self._sums.setdefault(prefix, {})
+        for name, (s, c) in stats.items():
+            s, c = s.detach().double(), torch.as_tensor(c, device=s.device).double()
+            if name in acc:
+                acc[name][0].add_(s)
+                acc[name][1].add_(c)
+            else:
+                acc[name] = [s.clone(), c.clone()]
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, "val")
@@ -82,16 +73,22 @@ class SeqICLModule(pl.LightningModule):
         self._eval_step(batch, "test")
 
     def _eval_end(self, prefix: str) -> None:
-        s = self._sums.pop(prefix, None)
-        if s is None:
+        acc = self._sums.pop(prefix, None)
+        if not acc:
             return
-        s = self.trainer.strategy.reduce(s, reduce_op="sum")
-        loss, correct, count = s.tolist()
-        metrics = {"accuracy": correct / max(count, 1), "loss": loss / max(count, 1), "scored": int(count)}
+        metrics = {}
+        for name, (s, c) in acc.items():
+            s = self.trainer.strategy.reduce(s, reduce_op="sum")
+            c = self.trainer.strategy.reduce(c, reduce_op="sum")
+            value = s / c.clamp(min=1)
+            if value.dim() == 0:
+                metrics[name] = float(value)
+                self.log(f"{prefix}/{name}", metrics[name], prog_bar=name == "accuracy")
+            else:
+                metrics[name] = [float(v) if n > 0 else None for v, n in zip(value.tolist(), c.tolist())]
+        if "accuracy" in acc:
+            metrics["scored"] = int(acc["accuracy"][1].sum())
         self.final_metrics[prefix] = metrics
-        self.log(f"{prefix}/accuracy", metrics["accuracy"], prog_bar=True, sync_dist=False)
-        self.log(f"{prefix}/loss", metrics["loss"], sync_dist=False)
-
     def on_validation_epoch_end(self):
         self._eval_end("val")
 

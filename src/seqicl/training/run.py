@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Ri
 
 from seqicl import tasks
 from seqicl.errors import ConfigError
-from seqicl.models import TokenLM, count_parameters
+from seqicl.models import build_model, count_parameters, state_size
 from seqicl.tasks.datamodule import TaskDataModule
 from seqicl.training.callbacks import AtomicCheckpointIO, StopAtAccuracy
 from seqicl.training.module import SeqICLModule
@@ -23,16 +23,6 @@ from seqicl.training.module import SeqICLModule
 def build_task(task_cfg: dict) -> tasks.Task:
     params = {k: v for k, v in task_cfg.items() if k != "name"}
     return tasks.build(task_cfg["name"], **params)
-
-
-def build_model(model_cfg: dict, task: tasks.Task) -> torch.nn.Module:
-    cfg = {k: v for k, v in model_cfg.items() if k not in ("name", "backbone")}
-    backbone = model_cfg.get("backbone", "token_lm")
-    if backbone != "token_lm":
-        raise ConfigError(f"model.backbone must be token_lm, got {backbone!r}")
-    if task.kind != "token":
-        raise ConfigError(f"task {task.name!r} is not a token task; model.backbone=token_lm cannot serve it")
-    return TokenLM(vocab_size=task.vocab_size, max_len=task.seq_len, **cfg)
 
 
 def describe_model(model_cfg: dict) -> str:
@@ -123,7 +113,7 @@ def train(c: dict, output_dir: str | os.PathLike) -> dict:
     data = TaskDataModule(task, seed=int(c["seed"]), **c["data"])
     model = build_model(c["model"], task)
     max_steps = int(c["trainer"]["max_steps"])
-    module = SeqICLModule(model, c["optim"], c["scheduler"], max_steps)
+    module = SeqICLModule(model, task, c["optim"], c["scheduler"], max_steps)
     trainer_cfg = dict(c["trainer"])
     trainer_cfg.setdefault("enable_progress_bar", c["callbacks"].get("progress_bar", "rich") not in ("none", None))
     trainer = pl.Trainer(**trainer_cfg, callbacks=_callbacks(c["callbacks"], out),
@@ -142,6 +132,7 @@ def train(c: dict, output_dir: str | os.PathLike) -> dict:
         "task_params": task.params(),
         "model": describe_model(c["model"]),
         "params": count_parameters(model),
+        "state_size": state_size(model, getattr(task, "seq_len", 0)),
         "seed": int(c["seed"]),
         "steps": int(trainer.global_step),
         "wall_time_s": round(time.time() - start, 2),

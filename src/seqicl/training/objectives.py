@@ -1,0 +1,59 @@
+"""Objectives: how a batch becomes a loss and evaluation statistics.
+
+Each objective returns ``(loss, stats)``; ``stats`` maps a metric name to ``(sum, count)``
+tensors (scalars or vectors, e.g. per-position curves). Sums and counts are accumulated over a
+whole split and divided at the end, so every metric is micro-averaged over what it counts.
+A task chooses its objective by name (``task.objective``) and may add statistics of its own
+through ``task.eval_stats(batch, **outputs)``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seqicl.tasks.base import IGNORE_INDEX
+
+Stats = Dict[str, tuple]
+OBJECTIVES: Dict[str, Callable] = {}
+
+
+def objective(name: str):
+    def deco(fn):
+        OBJECTIVES[name] = fn
+        return fn
+
+    return deco
+
+
+def scored_logits(model: nn.Module, inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Logits at the positions in ``mask`` only, when the model exposes ``hidden`` and ``head``."""
+    if hasattr(model, "hidden") and hasattr(model, "head"):
+        return model.head(model.hidden(inputs)[mask])
+    return model(inputs)[mask]
+
+
+@objective("cross_entropy")
+def cross_entropy(model: nn.Module, batch: dict, task, train: bool) -> tuple[torch.Tensor, Stats]:
+    """Token tasks: cross-entropy and accuracy over scored positions (``targets != -100``).
+
+    Training uses ``loss_targets`` when the task provides them (e.g. an all-next-token loss).
+    """
+    targets = batch.get("loss_targets", batch["targets"]) if train else batch["targets"]
+    mask = targets != IGNORE_INDEX
+    logits = scored_logits(model, batch["inputs"], mask)
+    y = targets[mask]
+    loss_sum = F.cross_entropy(logits.float(), y, reduction="sum")
+    count = torch.tensor(float(y.numel()), device=y.device)
+    correct = (logits.argmax(dim=-1) == y).sum().float()
+    stats = {"loss": (loss_sum.detach(), count), "accuracy": (correct, count)}
+    if not train:
+        stats.update(task.eval_stats(batch, mask=mask, logits=logits))
+    return loss_sum / count.clamp(min=1), stats
+
+
+def objective_fn(name: str) -> Callable:
+    return OBJECTIVES[name]
