@@ -10,7 +10,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from seqicl.cli import fail, print_summary, run_dir
+from seqicl.cli import check_overrides, fail, print_summary, run_dir
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
@@ -29,4 +29,5 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    check_overrides("train", sys.argv[1:])
+    main()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import sys
+from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 
 
 def run_dir(cfg: DictConfig) -> str:
@@ -30,3 +34,48 @@ def print_summary(results: dict, directory: str) -> None:
     console = Console()
     console.print(table)
     console.print(f"run directory: {directory}")
+
+
+def _one_line(err: Exception) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    head, rest = lines[0], lines[1:]
+    if rest and rest[0].startswith("Available options"):
+        options = []
+        for ln in rest[1:]:
+            if ln.startswith("Config search path"):
+                break
+            options.append(ln)
+        return f"{head}; {rest[0].rstrip(':').lower()}: {', '.join(options)}"
+    return head
+
+
+def check_overrides(config_name: str, argv: list[str]) -> None:
+    """Compose the config with the command-line overrides once, before Hydra runs.
+
+    A misspelt key, an unknown config option or an unparsable override then ends in one line
+    naming the problem and the valid choices, instead of Hydra's multi-line report.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from seqicl.training.config import check_keys
+
+    overrides = [a for a in argv if not a.startswith("-")]
+    try:
+        with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+            try:
+                compose(config_name, overrides=overrides)
+            except (HydraException, OmegaConfBaseException) as e:
+                m = re.search(r"Could not override '([^']+)'", str(e))
+                if m:
+                    key = m.group(1)
+                    rest = [o for o in overrides if not o.lstrip("~+").startswith(key + "=")]
+                    cfg = compose(config_name, overrides=rest)
+                    parent, _, leaf = key.rpartition(".")
+                    node = OmegaConf.select(cfg, parent) if parent else cfg
+                    if isinstance(node, DictConfig):
+                        check_keys(parent, [leaf], list(node.keys()))
+                raise
+    except (HydraException, OmegaConfBaseException, ValueError) as e:
+        fail(_one_line(e))

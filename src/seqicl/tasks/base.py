@@ -53,7 +53,12 @@ def build(name: str, **params) -> "Task":
         raise ConfigError(
             f"task {name!r} has no parameter {unknown[0]!r}; its parameters: {', '.join(valid)}"
         )
-    return cls(**params)
+    try:
+        return cls(**params)
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(f"task {name!r}: {e}") from None
 
 
 class Task:

@@ -1,0 +1,74 @@
+"""``python -m train`` end to end: outputs, resume, and one-line errors on bad input."""
+
+import json
+
+import pytest
+import torch
+
+from helpers import FAST, run_module
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    proc = run_module("train", *FAST, f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out, proc
+
+
+def test_run_writes_its_outputs(finished_run):
+    out, proc = finished_run
+    for name in ("results.json", "metrics.csv", ".hydra/config.yaml", "checkpoints/best.ckpt",
+                 "checkpoints/last.ckpt"):
+        assert (out / name).is_file(), name
+    r = json.loads((out / "results.json").read_text())
+    for key in ("task", "model", "params", "seed", "steps", "wall_time_s", "git_sha", "val", "test", "state_size"):
+        assert key in r, key
+    assert r["task"] == "mqar" and r["steps"] == 20 and r["status"] == "completed"
+    assert 0.0 <= r["test"]["accuracy"] <= 1.0 and r["test"]["loss"] > 0
+    assert r["test"]["scored"] == 64 * 4
+    assert "test acc" in proc.stdout and str(out) in proc.stdout
+    header = (out / "metrics.csv").read_text().splitlines()[0]
+    assert "train/loss" in header and "val/accuracy" in header
+
+
+def test_best_checkpoint_is_selected_on_validation(finished_run):
+    out, _ = finished_run
+    best = torch.load(out / "checkpoints/best.ckpt", map_location="cpu", weights_only=False)
+    cb = next(v for k, v in best["callbacks"].items() if k.startswith("ModelCheckpoint"))
+    assert cb["monitor"] == "val/accuracy"
+    r = json.loads((out / "results.json").read_text())
+    assert r["val"]["accuracy"] == pytest.approx(float(cb["best_model_score"]), abs=1e-6)
+
+
+def test_resume_continues_to_the_new_step_count(finished_run, tmp_path):
+    out, _ = finished_run
+    proc = run_module("train", *FAST, "trainer.max_steps=30", f"ckpt_path={out}/checkpoints/last.ckpt",
+                      f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((tmp_path / "results.json").read_text())["steps"] == 30
+
+
+def test_a_finished_run_directory_is_never_overwritten(finished_run):
+    out, _ = finished_run
+    before = (out / "results.json").read_text()
+    proc = run_module("train", *FAST, f"hydra.run.dir={out}")
+    assert proc.returncode == 2 and "already holds a finished run" in proc.stderr
+    assert (out / "results.json").read_text() == before
+
+
+@pytest.mark.parametrize("override,message", [
+    ("data.batch_szie=3", "unknown config key data.batch_szie (did you mean 'batch_size'?)"),
+    ("+data.batch_szie=3", "unknown config key data.batch_szie"),
+    ("task=mqr", "available options in 'task': associative_recall"),
+    ("task.num_kv_pairs=100", "num_kv_pairs=100 needs seq_len"),
+    ("model.mixer.name=atention", "registered layers: attention"),
+    ("ckpt_path=/does/not/exist.ckpt", "does not exist"),
+])
+def test_bad_input_is_one_line(override, message, tmp_path):
+    proc = run_module("train", *FAST, override, f"hydra.run.dir={tmp_path}", timeout=120)
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not (tmp_path / "checkpoints").exists()
