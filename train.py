@@ -18,12 +18,15 @@ def main(cfg: DictConfig) -> dict:
     from seqicl.errors import ConfigError
     from seqicl.training import train
     from seqicl.training.config import validate
+    from seqicl.training.module import Diverged
 
     try:
         c = validate(cfg)
         results = train(c, run_dir(cfg))
     except ConfigError as e:
         fail(e)
+    except Diverged as e:
+        fail(f"{e}; results.json records status 'diverged' in {run_dir(cfg)}", code=1)
     print_summary(results, run_dir(cfg))
     return results
 

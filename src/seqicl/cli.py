@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -65,7 +66,7 @@ def check_overrides(config_name: str, argv: list[str]) -> None:
     try:
         with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
             try:
-                compose(config_name, overrides=overrides)
+                cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
             except (HydraException, OmegaConfBaseException) as e:
                 m = re.search(r"Could not override '([^']+)'", str(e))
                 if m:
@@ -79,3 +80,20 @@ def check_overrides(config_name: str, argv: list[str]) -> None:
                 raise
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         fail(_one_line(e))
+    if "--multirun" not in argv and "-m" not in argv:
+        _check_writable(Path(str(cfg.hydra.run.dir)) if _has_run_dir(argv) else Path(str(cfg.paths.log_dir)))
+
+
+def _has_run_dir(argv: list[str]) -> bool:
+    return any(a.startswith("hydra.run.dir=") for a in argv)
+
+
+def _check_writable(path: Path) -> None:
+    """Fail early, in one line, when the run directory cannot be created or written."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".seqicl-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        fail(f"cannot write to output directory {path}: {e.strerror or e}")

@@ -29,6 +29,14 @@ def lr_lambda(name: str, warmup_steps: int, total_steps: int, min_lr_ratio: floa
     return f
 
 
+class Diverged(RuntimeError):
+    """The training loss became non-finite."""
+
+    def __init__(self, step: int):
+        super().__init__(f"training diverged: the loss became non-finite at step {step}")
+        self.step = step
+
+
 class SeqICLModule(pl.LightningModule):
     """Trains ``model`` on ``task`` with the task's objective; evaluates with micro-averaged metrics.
 
@@ -43,17 +51,55 @@ class SeqICLModule(pl.LightningModule):
         self.optim_cfg, self.sched_cfg, self.max_steps = dict(optim), dict(scheduler), max_steps
         self._sums: dict[str, dict] = {}
         self.final_metrics: dict[str, dict] = {}
+        self.divergence_check_every = 50
+        self._first_bad_step: torch.Tensor | None = None
 
     def forward(self, *args):
         return self.model(*args)
 
     def training_step(self, batch, batch_idx):
         loss, stats = self.objective(self.model, batch, self.task, train=True)
+        self._watch_divergence(loss)
         self.log("train/loss", loss, prog_bar=True)
         if "loss_targets" not in batch and "accuracy" in stats:
             s, c = stats["accuracy"]
             self.log("train/accuracy", s / c.clamp(min=1))
         return loss
+
+    def _watch_divergence(self, loss: torch.Tensor) -> None:
+        """Record the first step with a non-finite loss; raise ``Diverged`` at the next check.
+
+        The flag stays on the device, so only every ``divergence_check_every`` steps does the
+        host wait for it.
+        """
+        step = torch.tensor(self.global_step, device=loss.device)
+        bad = ~torch.isfinite(loss.detach())
+        if self._first_bad_step is None:
+            self._first_bad_step = torch.full((), -1, device=loss.device, dtype=torch.long)
+        self._first_bad_step = torch.where(bad & (self._first_bad_step < 0), step, self._first_bad_step)
+        if loss.device.type == "cpu" or self.global_step % self.divergence_check_every == 0:
+            self.check_divergence()
+
+    def check_divergence(self) -> None:
+        if self._first_bad_step is not None and int(self._first_bad_step) >= 0:
+            raise Diverged(int(self._first_bad_step))
+
+    def on_validation_start(self):
+        self.check_divergence()
+
+    def on_train_end(self):
+        self.check_divergence()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state(),
+                                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        states = checkpoint.get("rng_states")
+        if states is not None:
+            torch.set_rng_state(states["torch"])
+            if states["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(states["cuda"])
 
     def _eval_step(self, batch, prefix: str):
         _, stats = self.objective(self.model, batch, self.task, train=False)

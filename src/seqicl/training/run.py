@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -17,7 +18,7 @@ from seqicl.errors import ConfigError
 from seqicl.models import build_model, count_parameters, state_size
 from seqicl.tasks.datamodule import TaskDataModule
 from seqicl.training.callbacks import AtomicCheckpointIO, StopAtAccuracy
-from seqicl.training.module import SeqICLModule
+from seqicl.training.module import Diverged, SeqICLModule
 
 
 def build_task(task_cfg: dict) -> tasks.Task:
@@ -104,6 +105,7 @@ def prepare_output_dir(path: Path) -> Path:
 
 def train(c: dict, output_dir: str | os.PathLike) -> dict:
     """Run one experiment from a validated, resolved config; return what results.json holds."""
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
     out = prepare_output_dir(Path(output_dir))
     pl.seed_everything(int(c["seed"]), workers=True, verbose=False)
     task = build_task(c["task"])
@@ -119,8 +121,18 @@ def train(c: dict, output_dir: str | os.PathLike) -> dict:
     trainer = pl.Trainer(**trainer_cfg, callbacks=_callbacks(c["callbacks"], out),
                          logger=_loggers(c["logger"], out), default_root_dir=str(out),
                          plugins=[AtomicCheckpointIO()])
+    module.divergence_check_every = max(1, int(trainer_cfg.get("log_every_n_steps") or 50))
     start = time.time()
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    base = {"task": task.name, "task_params": task.params(), "model": describe_model(c["model"]),
+            "params": count_parameters(model), "state_size": state_size(model, getattr(task, "seq_len", 0)),
+            "seed": int(c["seed"]), "git_sha": git_sha()}
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    except Diverged as e:
+        results = {"status": "diverged", **base, "steps": e.step, "error": str(e),
+                   "wall_time_s": round(time.time() - start, 2), "val": {}, "test": {}}
+        write_results(out, results)
+        raise
     fit_time = time.time() - start
     ckpt_cb = trainer.checkpoint_callback
     best = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None
@@ -128,21 +140,21 @@ def train(c: dict, output_dir: str | os.PathLike) -> dict:
     trainer.test(module, datamodule=data, ckpt_path=best, verbose=False)
     results = {
         "status": "completed",
-        "task": task.name,
-        "task_params": task.params(),
-        "model": describe_model(c["model"]),
-        "params": count_parameters(model),
-        "state_size": state_size(model, getattr(task, "seq_len", 0)),
-        "seed": int(c["seed"]),
+        **base,
         "steps": int(trainer.global_step),
         "wall_time_s": round(time.time() - start, 2),
         "train_time_s": round(fit_time, 2),
-        "git_sha": git_sha(),
         "best_checkpoint": best,
         "val": module.final_metrics.get("val", {}),
         "test": module.final_metrics.get("test", {}),
         "accuracy_averaging": "micro (correct / scored positions)",
     }
-    with open(out / "results.json", "w") as f:
-        json.dump(results, f, indent=2)
+    write_results(out, results)
     return results
+
+
+def write_results(out: Path, results: dict) -> None:
+    """Write results.json atomically (a reader never sees half a file)."""
+    tmp = out / f".results.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(results, indent=2))
+    os.replace(tmp, out / "results.json")
