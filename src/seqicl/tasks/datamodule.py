@@ -107,12 +107,15 @@ class TaskDataModule(pl.LightningDataModule):
 
     ``train_size=None`` streams fresh training examples (never one of the validation or test
     examples); an integer draws a fixed training set, disjoint from validation and test.
-    Evaluation batches are fixed. Data live on the training device when ``on_device``.
+    Evaluation batches are fixed. Fixed sets are generated on the CPU and live on the training
+    device when ``on_device``. The online stream is generated on the CPU (the same data on every
+    machine) unless ``generate_on_device`` (faster on a GPU, but its RNG differs from the CPU's).
     """
 
     def __init__(self, task: Task, batch_size: int = 64, train_size: int | None = None,
                  val_size: int = 500, test_size: int = 1000, eval_batch_size: int | None = None,
-                 steps_per_epoch: int = 1000, on_device: bool = True, seed: int = 0):
+                 steps_per_epoch: int = 1000, on_device: bool = True, generate_on_device: bool = False,
+                 seed: int = 0):
         super().__init__()
         for name, v in (("batch_size", batch_size), ("val_size", val_size), ("test_size", test_size),
                         ("steps_per_epoch", steps_per_epoch)):
@@ -125,6 +128,7 @@ class TaskDataModule(pl.LightningDataModule):
         self.val_size, self.test_size = val_size, test_size
         self.eval_batch_size = eval_batch_size or max(batch_size, 256)
         self.steps_per_epoch, self.on_device, self.seed = steps_per_epoch, on_device, seed
+        self.generate_on_device = generate_on_device
         self.splits: dict | None = None
         self.train_batches: TrainBatches | None = None
 
@@ -149,10 +153,11 @@ class TaskDataModule(pl.LightningDataModule):
         assert_disjoint(splits)
         device = self._device()
         self.splits = {k: batch_to(v, device) for k, v in splits.items()}
-        exclude = seen.to(device) if self.task.finite_support else None
+        stream_device = device if self.generate_on_device else torch.device("cpu")
+        exclude = seen.to(stream_device) if self.task.finite_support else None
         self.train_batches = TrainBatches(self.task, self.batch_size, derive_seed(self.seed, "train"),
                                           data=self.splits.get("train"), steps_per_epoch=self.steps_per_epoch,
-                                          exclude=exclude, device=device)
+                                          exclude=exclude, device=stream_device)
 
     def train_dataloader(self):
         return self.train_batches
