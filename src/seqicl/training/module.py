@@ -44,9 +44,11 @@ class SeqICLModule(pl.LightningModule):
     across processes, and divided once at the end of the split.
     """
 
-    def __init__(self, model: nn.Module, task, optim: dict, scheduler: dict, max_steps: int):
+    def __init__(self, model: nn.Module, task, optim: dict, scheduler: dict, max_steps: int,
+                 run_config: dict | None = None):
         super().__init__()
         self.model, self.task = model, task
+        self.run_config = run_config
         self.objective = objective_fn(task.objective)
         self.optim_cfg, self.sched_cfg, self.max_steps = dict(optim), dict(scheduler), max_steps
         self._sums: dict[str, dict] = {}
@@ -91,6 +93,8 @@ class SeqICLModule(pl.LightningModule):
         self.check_divergence()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.run_config is not None:
+            checkpoint["seqicl_config"] = self.run_config
         checkpoint["rng_states"] = {"torch": torch.get_rng_state(),
                                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 

@@ -115,7 +115,7 @@ def train(c: dict, output_dir: str | os.PathLike) -> dict:
     data = TaskDataModule(task, seed=int(c["seed"]), **c["data"])
     model = build_model(c["model"], task)
     max_steps = int(c["trainer"]["max_steps"])
-    module = SeqICLModule(model, task, c["optim"], c["scheduler"], max_steps)
+    module = SeqICLModule(model, task, c["optim"], c["scheduler"], max_steps, run_config=c)
     trainer_cfg = dict(c["trainer"])
     trainer_cfg.setdefault("enable_progress_bar", c["callbacks"].get("progress_bar", "rich") not in ("none", None))
     trainer = pl.Trainer(**trainer_cfg, callbacks=_callbacks(c["callbacks"], out),
