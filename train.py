@@ -10,7 +10,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from seqicl.cli import check_overrides, fail, print_summary, run_dir
+from seqicl.cli import check_overrides, fail, in_multirun, print_summary, run_dir, run_isolated
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
@@ -20,6 +20,8 @@ def main(cfg: DictConfig) -> dict:
     from seqicl.training.config import validate
     from seqicl.training.module import Diverged
 
+    if in_multirun():
+        return run_isolated(cfg)
     try:
         c = validate(cfg)
         results = train(c, run_dir(cfg))
@@ -32,5 +34,6 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
-    check_overrides("train", sys.argv[1:])
+    if not {"--multirun", "-m"} & set(sys.argv[1:]):
+        check_overrides("train", sys.argv[1:])
     main()

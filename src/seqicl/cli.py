@@ -80,8 +80,7 @@ def check_overrides(config_name: str, argv: list[str]) -> None:
                 raise
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         fail(_one_line(e))
-    if "--multirun" not in argv and "-m" not in argv:
-        _check_writable(Path(str(cfg.hydra.run.dir)) if _has_run_dir(argv) else Path(str(cfg.paths.log_dir)))
+    _check_writable(Path(str(cfg.hydra.run.dir)) if _has_run_dir(argv) else Path(str(cfg.paths.log_dir)))
 
 
 def _has_run_dir(argv: list[str]) -> bool:
@@ -97,3 +96,40 @@ def _check_writable(path: Path) -> None:
         probe.unlink()
     except OSError as e:
         fail(f"cannot write to output directory {path}: {e.strerror or e}")
+
+
+def in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def run_isolated(cfg: DictConfig) -> dict | None:
+    """One job of a multirun: skip it if finished; record a failure instead of ending the sweep."""
+    import json
+    import traceback
+
+    from seqicl.training import train
+    from seqicl.training.config import validate
+    from seqicl.training.run import write_results
+
+    out = Path(run_dir(cfg))
+    if (out / "results.json").exists():
+        previous = json.loads((out / "results.json").read_text())
+        if previous.get("status") == "completed":
+            print(f"skip (finished): {out}")
+            return previous
+    try:
+        return train(validate(cfg), out)
+    except Exception as e:  # noqa: BLE001 - a sweep records every failure and goes on
+        from seqicl.training.module import Diverged
+
+        status = "diverged" if isinstance(e, Diverged) else "failed"
+        line = f"{type(e).__name__}: {e}".splitlines()[0]
+        if status == "failed" or not (out / "results.json").exists():
+            out.mkdir(parents=True, exist_ok=True)
+            write_results(out, {"status": status, "error": line})
+            (out / "error.log").write_text(traceback.format_exc())
+        print(f"{status}: {out}: {line}", file=sys.stderr)
+        return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import time
@@ -90,8 +91,9 @@ def git_sha() -> str | None:
 
 
 def prepare_output_dir(path: Path) -> Path:
-    """Create the run directory; refuse one that already holds another run's results."""
-    if (path / "results.json").exists():
+    """Create the run directory; refuse one that already holds another run's finished results."""
+    results = path / "results.json"
+    if results.exists() and json.loads(results.read_text()).get("status") == "completed":
         raise ConfigError(f"{path} already holds a finished run (results.json); choose another output directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -103,9 +105,18 @@ def prepare_output_dir(path: Path) -> Path:
     return path
 
 
+def quiet_lightning_console() -> None:
+    """Lightning's INFO messages go to the run's log file, not the console (the summary says it all)."""
+    log = logging.getLogger("lightning.pytorch")
+    for handler in list(log.handlers):
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            log.removeHandler(handler)
+
+
 def train(c: dict, output_dir: str | os.PathLike) -> dict:
     """Run one experiment from a validated, resolved config; return what results.json holds."""
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
+    quiet_lightning_console()
     out = prepare_output_dir(Path(output_dir))
     pl.seed_everything(int(c["seed"]), workers=True, verbose=False)
     task = build_task(c["task"])

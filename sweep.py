@@ -1,0 +1,67 @@
+"""Run a named protocol: ``python -m sweep sweep=NAME [launcher=joblib] [--dry-run] [overrides]``.
+
+``sweep=NAME`` picks ``configs/sweep/NAME.yaml`` (or ``sweep=path/to/protocol.yaml``); ``launcher=basic|joblib|submitit`` picks
+``configs/launcher/``; ``sweep.KEY=VALUE`` changes the protocol (e.g. ``sweep.out_dir=...``,
+``sweep.dry_run=true``); every other ``key=value`` is passed to each training run.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from seqicl.cli import check_overrides, fail
+
+
+def main(argv: list[str]) -> int:
+    from rich.console import Console
+
+    from seqicl.errors import ConfigError
+    from seqicl.sweeps import engine
+    from seqicl.sweeps.report import markdown_table, write_report
+
+    name, launcher, n_jobs, dry = None, "basic", None, False
+    sweep_overrides, forwarded = [], []
+    for arg in argv:
+        if arg in ("--dry-run", "-n"):
+            dry = True
+        elif arg.startswith("sweep="):
+            name = arg.split("=", 1)[1]
+        elif arg.startswith("launcher="):
+            launcher = arg.split("=", 1)[1]
+        elif arg.startswith("n_jobs="):
+            n_jobs = int(arg.split("=", 1)[1])
+        elif arg.startswith("sweep."):
+            sweep_overrides.append(arg[len("sweep."):])
+        else:
+            forwarded.append(arg)
+    console = Console()
+    try:
+        if name is None:
+            raise ConfigError(f"name a protocol with sweep=NAME; available: {', '.join(engine.available())}")
+        protocol = engine.load_protocol(name, sweep_overrides)
+        launch_args = engine.launcher_overrides(launcher, n_jobs)
+    except ConfigError as e:
+        fail(e)
+    runs = engine.expand(protocol)
+    if dry or protocol.dry_run:
+        for run in runs:
+            console.print(" ".join(f"{k}={v}" for k, v in run.items()))
+        console.print(f"{len(runs)} runs in sweep {protocol.name} (into {protocol.out_dir})")
+        return 0
+    first = [f"{k}={engine.format_value(v)}" for k, v in runs[0].items()]
+    check_overrides("train", [*protocol.base, *forwarded, *first, f"hydra.run.dir={protocol.out_dir}"])
+    skipped = engine.count_finished(protocol)
+    console.print(f"sweep {protocol.name}: {len(runs)} runs, {skipped} already finished, launcher {launcher}")
+    code = engine.launch(protocol, forwarded, launch_args)
+    report = write_report(engine.collect(protocol), protocol, skipped=skipped)
+    c = report["counts"]
+    if report["table"] is not None:
+        console.print(markdown_table(report["table"]))
+    console.print(f"{c['completed']}/{c['total']} completed, {c['failed']} failed, {c['diverged']} diverged, "
+                  f"{c['missing']} missing, {skipped} skipped; report: {protocol.out_dir / 'report.md'}",
+                  soft_wrap=True)
+    return 0 if code == 0 and c["missing"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
