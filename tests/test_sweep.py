@@ -77,3 +77,19 @@ def test_unknown_sweep_and_protocol_keys():
     assert proc.returncode == 2 and "available sweeps: " in proc.stderr and "smoke" in proc.stderr
     proc = run_module("sweep", "sweep=smoke", "sweep.dryrun=true", "--dry-run", timeout=60)
     assert proc.returncode == 2 and "dryrun" in proc.stderr
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_other_launchers_run_the_grid(launcher, tmp_path):
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text(
+        "name: tiny\n"
+        "base: [trainer=debug, trainer.max_steps=5, callbacks.progress_bar=none, data.val_size=32,\n"
+        "       data.test_size=32, data.batch_size=8, model.n_layers=1, model.d_model=16]\n"
+        "grid:\n  seed: [0, 1]\n"
+        "report: {metric: test.accuracy, rows: [seed]}\n")
+    proc = run_module("sweep", f"sweep={preset}", f"launcher={launcher}", f"sweep.out_dir={tmp_path / 'out'}",
+                      timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    df = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert list(df["status"]) == ["completed", "completed"]
