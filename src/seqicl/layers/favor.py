@@ -14,11 +14,8 @@ from seqicl.layers.registry import register
 def orthogonal_gaussian(n_rows: int, dim: int, device=None, dtype=None) -> torch.Tensor:
     """(n_rows, dim) random projections, orthogonal within each block of ``dim`` rows, each row's
     length drawn as the norm of a standard Gaussian vector, so rows are marginally N(0, I)."""
-    blocks = []
-    for _ in range(math.ceil(n_rows / dim)):
-        q, _ = torch.linalg.qr(torch.randn(dim, dim))
-        blocks.append(q.T)
-    w = torch.cat(blocks)[:n_rows] * torch.randn(n_rows, dim).norm(dim=1, keepdim=True)
+    q, _ = torch.linalg.qr(torch.randn(math.ceil(n_rows / dim), dim, dim))
+    w = q.transpose(-1, -2).reshape(-1, dim)[:n_rows] * torch.randn(n_rows, dim).norm(dim=1, keepdim=True)
     return w.to(device=device, dtype=dtype)
 
 
