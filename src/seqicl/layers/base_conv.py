@@ -12,7 +12,7 @@ from seqicl.layers.registry import register
 @register("base_conv", kind="sequence")
 class BaseConv(nn.Module):
     """BaseConv (Arora et al. 2023, "Zoology: measuring and improving recall in efficient language
-    models", Sec. 4): y = (x W_1 + b_1) * (h * (x W_2) + b_2), with h a learned causal filter per
+    models"): y = (x W_1 + b_1) * (h * (x W_2) + b_2), with h a learned causal filter per
     channel, explicit and as long as the sequence (``kernel_size`` null: max_len, applied by FFT),
     or short (e.g. ``kernel_size=3``, the short convolutions of Based). ``step`` carries the last
     kernel_size - 1 inputs of the convolution.

@@ -14,7 +14,7 @@ from seqicl.layers.registry import register
 @register("based", kind="sequence")
 class Based(FeatureMapAttention):
     """The linear attention of Based (Arora et al. 2024, "Simple linear attention language models
-    balance the recall-throughput tradeoff", Sec. 4).
+    balance the recall-throughput tradeoff").
 
     q and k are projected to ``feature_dim`` channels per head; the feature map is the 2nd-order
     Taylor expansion of exp(q . k / sqrt(d)), d = feature_dim:

@@ -14,12 +14,12 @@ from seqicl.layers.registry import register
 class DeltaNet(nn.Module):
     """DeltaNet (Schlag et al. 2021, "Linear transformers are secretly fast weight programmers";
     layer of Yang et al. 2024, "Parallelizing linear transformers with the delta rule over
-    sequence length", Sec. 3-4), per head:
+    sequence length"), per head:
 
         S_t = S_{t-1} + beta_t k_t^T (v_t - k_t S_{t-1}),   o_t = q_t S_t,   beta_t = sigmoid(x_t W_beta)
 
     q, k, v are linear projections followed (if ``conv_size`` > 0) by a short causal depthwise
-    convolution and SiLU; q and k are L2-normalised, so each update is a contraction. The output
+    convolution and SiLU; q and k are L2-normalised, so I - beta_t k_t^T k_t has norm <= 1. The output
     of each head goes through RMSNorm, then the output projection. Forward is the chunkwise WY
     form, ``step`` the recurrence.
     """

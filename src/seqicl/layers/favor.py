@@ -25,8 +25,8 @@ class Favor(FeatureMapAttention):
 
     Approximates softmax attention with the positive random features of Lemma 1,
     phi(x) = exp(w_i . x - |x|^2 / 2) / sqrt(m), i = 1..m, on x = q / d^(1/4) and k / d^(1/4), so that
-    E[phi(q) . phi(k)] = exp(q . k / sqrt(d)); the w_i are orthogonal random features (Sec. 2.4),
-    shared by the heads. Attention is the causal prefix-sum form (Sec. 2.6), computed chunkwise.
+    E[phi(q) . phi(k)] = exp(q . k / sqrt(d)); the w_i are orthogonal random features,
+    shared by the heads. Attention is the causal prefix-sum form, computed chunkwise.
     ``n_features`` m defaults (null) to ceil(d ln d) for head dimension d, the paper's Theta(d log d).
 
     The features are a buffer, redrawn by ``redraw_features()``; in training mode every

@@ -13,7 +13,7 @@ from seqicl.layers.registry import register
 @register("gla", kind="sequence")
 class GLA(nn.Module):
     """The GLA layer (Yang et al. 2024, "Gated linear attention transformers with hardware-efficient
-    training", Sec. 4.4), per head:
+    training"), per head:
 
         alpha_t = sigmoid(x_t W_a1 W_a2 + b_a)^(1/gate_temperature)    (low rank ``gate_rank``)
         S_t = diag(alpha_t) S_{t-1} + k_t^T v_t,   o_t = q_t S_t / sqrt(d_k)

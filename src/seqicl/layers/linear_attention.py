@@ -11,7 +11,7 @@ from seqicl.layers.registry import register
 
 
 class FeatureMapAttention(nn.Module):
-    """Causal linear attention, normalised, per head (Katharopoulos et al. 2020, eqs. 4-9):
+    """Causal linear attention, normalised, per head (Katharopoulos et al. 2020):
 
         o_t = phi(q_t) S_t / (phi(q_t) . z_t + eps),  S_t = sum_{s<=t} phi(k_s)^T v_s,  z_t = sum_{s<=t} phi(k_s)
 
@@ -76,9 +76,9 @@ class FeatureMapAttention(nn.Module):
 
 @register("linear_attention", kind="sequence")
 class LinearAttention(FeatureMapAttention):
-    """Linear attention of "Transformers are RNNs" (Katharopoulos et al. 2020), eq. 9.
+    """Linear attention of "Transformers are RNNs" (Katharopoulos et al. 2020), causal.
 
-    ``feature_map``: ``"elu"`` phi(x) = elu(x) + 1 (the paper's, eq. 10) or ``"identity"``.
+    ``feature_map``: ``"elu"`` phi(x) = elu(x) + 1 (the paper's) or ``"identity"``.
     With ``normalize`` the output is divided by phi(q_t) . sum_{s<=t} phi(k_s) + eps; with the
     identity map that denominator has no sign, so ``normalize=False`` is the usual choice there.
     """

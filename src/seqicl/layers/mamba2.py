@@ -8,13 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqicl.layers.ops import CausalConv, HeadNorm, chunked_linear_attention, require, require_divisible, require_positive
+from seqicl.layers.ops import (CausalConv, HeadNorm, chunked_linear_attention, require, require_divisible,
+                               require_positive)
 from seqicl.layers.registry import register
 
 
 @register("mamba2", kind="sequence")
 class Mamba2(nn.Module):
-    """The Mamba-2 block (Dao & Gu 2024, "Transformers are SSMs", Sec. 7), with one B/C group.
+    """The Mamba-2 block (Dao & Gu 2024, "Transformers are SSMs"), with one B/C group.
 
     [z, x, B, C, dt] = in_proj(u); [x, B, C] = silu(causal_conv([x, B, C])); dt = softplus(dt + dt_bias).
     Per head h (head_dim channels of x) the SSM has a scalar-times-identity A_h = -exp(A_log_h):
@@ -22,7 +23,7 @@ class Mamba2(nn.Module):
         h_t = exp(dt_t A_h) h_{t-1} + dt_t B_t^T x_t,   y_t = C_t h_t + D_h x_t
 
     with B, C (d_state) shared by all heads. Output: out_proj(RMSNorm(y * silu(z))). Forward is
-    the chunked SSD algorithm (Sec. 6: quadratic inside chunks, states between them), ``step``
+    the chunked SSD algorithm (quadratic inside chunks, states between them), ``step``
     the recurrence; initialisation of dt, A and D as in the paper's code release (dt log-uniform in
     [dt_min, dt_max], A uniform in [1, 16], D = 1).
     """
@@ -56,7 +57,8 @@ class Mamba2(nn.Module):
         x = x.view(Bsz, T, self.n_heads, self.head_dim).transpose(1, 2)
         dt = F.softplus(dt + self.dt_bias).transpose(1, 2)
         shape = (Bsz, self.n_heads, T, self.d_state)
-        return Cm[:, None].expand(shape), Bm[:, None].expand(shape), x, x * dt[..., None], -self.A_log.exp()[:, None] * dt
+        log_decay = -self.A_log.exp()[:, None] * dt
+        return Cm[:, None].expand(shape), Bm[:, None].expand(shape), x, x * dt[..., None], log_decay
 
     def _output(self, y: torch.Tensor, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """SSM output y and input x (B, H, T, P), gate z (B, T, d_inner) -> (B, T, d_model)."""

@@ -51,7 +51,7 @@ def _gated_chunk_scores(q: torch.Tensor, k: torch.Tensor, b: torch.Tensor, sub_c
     """A[t, s] = sum_d q[t, d] k[s, d] exp(b[t, d] - b[s, d]) for s <= t (else 0) over one chunk.
 
     q, k, b: (..., C, K), b the in-chunk cumulative log decay (non-increasing in t). GLA's
-    secondary chunking (Yang et al. 2024, Sec. 4.2): pairs inside a sub-chunk of ``sub_chunk``
+    secondary-level chunking (Yang et al. 2024): pairs inside a sub-chunk of ``sub_chunk``
     steps are computed elementwise in log space; a pair with s in an earlier sub-chunk than t goes
     through the log decay r at the last step before t's sub-chunk, as
     (q_t exp(b_t - r)) . (k_s exp(r - b_s)), a matrix product whose two exponents are both <= 0.
@@ -82,7 +82,7 @@ def chunked_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     decay per head and step: RetNet, Mamba-2) or (B, H, T, K) (one per key channel: GLA);
     ``state``: S_0 (B, H, K, V), zeros if None. Returns o (B, H, T, V) and S_T.
 
-    Chunkwise parallel form (Yang et al. 2024, "Gated linear attention", Sec. 3-4): inside a chunk
+    Chunkwise parallel form (Yang et al. 2024, "Gated linear attention transformers"): inside a chunk
     of C steps, o = (Q K^T * decay mask) V; across chunks through the states at chunk boundaries.
     With b the in-chunk cumulative log decay, decays only enter as exp(b_t - b_s), t >= s, so
     every exponent is <= 0 and nothing overflows however strong the decay.
@@ -125,7 +125,7 @@ def chunked_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: 
 
     q, k: (B, H, T, K); v: (B, H, T, V); beta: (B, H, T); state: S_0 (B, H, K, V) or None.
     Returns o (B, H, T, V) and S_T. Inside a chunk the product of the rank-one updates has the
-    WY form (Yang et al. 2024, "Parallelizing linear transformers with the delta rule", Sec. 3.2):
+    WY form (Yang et al. 2024, "Parallelizing linear transformers with the delta rule"):
     S_t = S_0 + sum_{i<=t} k_i^T (u_i - w_i S_0) with W = A^{-1} diag(beta) K, U = A^{-1} diag(beta) V
     and A = I + tril(diag(beta) K K^T, -1), so o = Q S_0 + tril(Q K^T) (U - W S_0).
     """
@@ -136,8 +136,10 @@ def chunked_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: 
     ones = torch.ones(C, C, dtype=torch.bool, device=q.device)
     kk = k @ k.transpose(-1, -2)
     A = (beta[..., None] * kk).masked_fill(~ones.tril(-1), 0.0) + torch.eye(C, dtype=q.dtype, device=q.device)
-    wu = torch.linalg.solve_triangular(A, beta[..., None] * torch.cat([k, v], dim=-1), upper=False,
-                                       unitriangular=True)
+    # The triangular solve has no half-precision kernels; it runs in at least float32.
+    work = torch.promote_types(q.dtype, torch.float32)
+    rhs = beta[..., None] * torch.cat([k, v], dim=-1)
+    wu = torch.linalg.solve_triangular(A.to(work), rhs.to(work), upper=False, unitriangular=True).to(q.dtype)
     w, u = wu[..., :K], wu[..., K:]
     scores = (q @ k.transpose(-1, -2)).masked_fill(~ones.tril(), 0.0)
     S = q.new_zeros(B, H, K, v.shape[-1]) if state is None else state
@@ -169,8 +171,9 @@ class CausalConv(nn.Module):
         h = self.weight[:, :T]
         x = u.transpose(1, 2)
         if h.shape[1] > FFT_MIN_KERNEL:
-            n = T + h.shape[1]
-            y = torch.fft.irfft(torch.fft.rfft(x, n=n) * torch.fft.rfft(h, n=n), n=n)[..., :T]
+            n, work = T + h.shape[1], torch.promote_types(x.dtype, torch.float32)
+            spectrum = torch.fft.rfft(x.to(work), n=n) * torch.fft.rfft(h.to(work), n=n)
+            y = torch.fft.irfft(spectrum, n=n)[..., :T].to(x.dtype)
         else:
             y = F.conv1d(F.pad(x, (h.shape[1] - 1, 0)), h.flip(-1)[:, None], groups=h.shape[0])
         if self.bias is not None:

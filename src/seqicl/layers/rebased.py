@@ -13,7 +13,7 @@ from seqicl.layers.registry import register
 @register("rebased", kind="sequence")
 class ReBased(FeatureMapAttention):
     """ReBased (Aksenov et al. 2024, "Linear transformers with learnable kernel functions are better
-    in-context models", Sec. 4).
+    in-context models").
 
     Based's Taylor kernel 1 + s + s^2/2 cannot go below 1/2. ReBased normalises q and k (each by
     its own LayerNorm with learnable gamma and beta) and uses the squared kernel

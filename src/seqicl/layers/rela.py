@@ -17,7 +17,7 @@ class ReLA(Attention):
     """ReLA (Zhang et al. 2021, "Sparse attention with linear units"), causal.
 
     Softmax is replaced by a ReLU: o_t = sum_{s<=t} relu(q_t . k_s / sqrt(d)) v_s. The scores are
-    unnormalised, so each head's output goes through RMSNorm (the paper's normalisation, Sec. 3);
+    unnormalised, so each head's output goes through RMSNorm (the paper's normalisation);
     with ``gate`` (ReLA-g) it is then scaled by sigmoid(x_t W_g). Heads, GQA and rotary positions
     are ``attention``'s. ReLU scores have no finite-dimensional recurrent state, so incremental
     decoding uses ``attention``'s key/value cache.
