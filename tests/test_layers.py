@@ -12,7 +12,9 @@ from seqicl.errors import ConfigError
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "layer"
 D, T, B = 16, 12, 2
 # Hyper-parameters that keep the test shapes tiny for layers whose defaults are large.
-SMALL: dict[str, dict] = {}
+SMALL: dict[str, dict] = {
+    "sliding_window_attention": {"window_size": 4},  # the default 64 exceeds max_len = T
+}
 # Layers that must offer incremental decoding (init_state/step/state_size).
 RECURRENT = {"attention", "sliding_window_attention", "linear_attention", "favor", "rela", "based",
              "rebased", "gla", "retnet", "deltanet", "s4d", "lru", "gilr", "rwkv", "mamba", "mamba2",

@@ -53,17 +53,17 @@ class Attention(nn.Module):
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         if n_heads < 1 or d_model % n_heads:
-            raise ConfigError(f"attention: d_model={d_model} is not divisible by n_heads={n_heads}")
+            raise ConfigError(f"{self.layer_name}: d_model={d_model} is not divisible by n_heads={n_heads}")
         if n_kv_heads < 1 or n_heads % n_kv_heads:
-            raise ConfigError(f"attention: n_heads={n_heads} is not divisible by n_kv_heads={n_kv_heads}")
+            raise ConfigError(f"{self.layer_name}: n_heads={n_heads} is not divisible by n_kv_heads={n_kv_heads}")
         if positions not in ("rotary", "none"):
-            raise ConfigError(f"attention: positions must be rotary or none, got {positions!r}")
+            raise ConfigError(f"{self.layer_name}: positions must be rotary or none, got {positions!r}")
         if impl not in ("auto", "torch"):
-            raise ConfigError(f"attention: impl must be auto or torch, got {impl!r}")
+            raise ConfigError(f"{self.layer_name}: impl must be auto or torch, got {impl!r}")
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
         self.head_dim = d_model // n_heads
         if positions == "rotary" and self.head_dim % 2:
-            raise ConfigError(f"attention: rotary positions need an even head dimension, got {self.head_dim}")
+            raise ConfigError(f"{self.layer_name}: rotary positions need an even head dimension, got {self.head_dim}")
         self.positions, self.rotary_base, self.impl = positions, rotary_base, impl
         self.dropout = dropout
         self.q_proj = nn.Linear(d_model, d_model, bias=bias)

@@ -1,0 +1,214 @@
+"""Shared pieces of the recurrent sequence mixers.
+
+- ``chunked_linear_attention``: causal linear attention with an optional scalar or per-channel
+  decay, in the chunkwise parallel form (linear attention, FAVOR+, Based, ReBased, GLA, RetNet,
+  Mamba-2's SSD);
+- ``chunked_delta_rule``: the delta rule in the chunkwise WY form (DeltaNet);
+- ``CausalConv``: a depthwise causal convolution, direct or by FFT, with a cached-window step;
+- ``HeadNorm``: layer or RMS normalisation of each head's output;
+- ``require``: hyper-parameter checks that raise ConfigError.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seqicl.errors import ConfigError
+
+# Kernels longer than this are applied by FFT; shorter ones by a direct convolution.
+FFT_MIN_KERNEL = 64
+
+
+def require(condition: bool, layer: str, message: str) -> None:
+    """Raise ConfigError("<layer>: <message>") unless ``condition``."""
+    if not condition:
+        raise ConfigError(f"{layer}: {message}")
+
+
+def require_positive(layer: str, **values) -> None:
+    for name, value in values.items():
+        require(isinstance(value, int) and value >= 1, layer, f"{name} must be a positive integer, got {value!r}")
+
+
+def require_divisible(layer: str, numerator: tuple[str, int], denominator: tuple[str, int]) -> None:
+    (n_name, n), (d_name, d) = numerator, denominator
+    require(d >= 1 and n % d == 0, layer, f"{n_name}={n} is not divisible by {d_name}={d}")
+
+
+def _chunks(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, H, T, ...) -> (B, H, N, size, ...), zero-padding T up to N * size."""
+    pad = (-x.shape[2]) % size
+    if pad:
+        x = torch.cat([x, x.new_zeros(*x.shape[:2], pad, *x.shape[3:])], dim=2)
+    return x.view(*x.shape[:2], x.shape[2] // size, size, *x.shape[3:])
+
+
+def _gated_chunk_scores(q: torch.Tensor, k: torch.Tensor, b: torch.Tensor, sub_chunk: int) -> torch.Tensor:
+    """A[t, s] = sum_d q[t, d] k[s, d] exp(b[t, d] - b[s, d]) for s <= t (else 0) over one chunk.
+
+    q, k, b: (..., C, K), b the in-chunk cumulative log decay (non-increasing in t). GLA's
+    secondary-level chunking (Yang et al. 2024): pairs inside a sub-chunk of ``sub_chunk``
+    steps are computed elementwise in log space; a pair with s in an earlier sub-chunk than t goes
+    through the log decay r at the last step before t's sub-chunk, as
+    (q_t exp(b_t - r)) . (k_s exp(r - b_s)), a matrix product whose two exponents are both <= 0.
+    """
+    C, K = q.shape[-2:]
+    c = sub_chunk if C % sub_chunk == 0 else C
+    n, lead = C // c, q.shape[:-2]
+    qs, ks, bs = (x.reshape(*lead, n, c, K) for x in (q, k, b))
+    inf = float("-inf")
+    causal = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()[..., None]
+    rel = (bs[..., :, None, :] - bs[..., None, :, :]).masked_fill(~causal, inf)
+    within = (qs[..., :, None, :] * ks[..., None, :, :] * rel.exp()).sum(-1)            # (..., n, c, c)
+    ref = torch.cat([torch.zeros_like(bs[..., :1, 0, :]), bs[..., :-1, -1, :]], dim=-2)  # (..., n, K)
+    steps = torch.arange(C, device=q.device)
+    earlier = (steps < steps[::c, None])[..., None]                                   # (n, C, 1)
+    k_ref = k[..., None, :, :] * (ref[..., None, :] - b[..., None, :, :]).masked_fill(~earlier, inf).exp()
+    across = (qs * (bs - ref[..., None, :]).exp()) @ k_ref.transpose(-1, -2)        # (..., n, c, C)
+    eye = torch.eye(n, dtype=q.dtype, device=q.device)[:, None, :, None]
+    return across.reshape(*lead, C, C) + (within[..., :, :, None, :] * eye).reshape(*lead, C, C)
+
+
+def chunked_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                             log_decay: torch.Tensor | None = None, chunk_size: int = 64,
+                             state: torch.Tensor | None = None, sub_chunk: int = 16):
+    """Causal linear attention o_t = q_t S_t with S_t = diag(exp g_t) S_{t-1} + k_t^T v_t.
+
+    q, k: (B, H, T, K); v: (B, H, T, V); ``log_decay`` g <= 0 is None (no decay), (B, H, T) (one
+    decay per head and step: RetNet, Mamba-2) or (B, H, T, K) (one per key channel: GLA);
+    ``state``: S_0 (B, H, K, V), zeros if None. Returns o (B, H, T, V) and S_T.
+
+    Chunkwise parallel form (Yang et al. 2024, "Gated linear attention transformers"): inside a chunk
+    of C steps, o = (Q K^T * decay mask) V; across chunks through the states at chunk boundaries.
+    With b the in-chunk cumulative log decay, decays only enter as exp(b_t - b_s), t >= s, so
+    every exponent is <= 0 and nothing overflows however strong the decay.
+    """
+    B, H, T, K = q.shape
+    C = chunk_size
+    q, k, v = _chunks(q, C), _chunks(k, C), _chunks(v, C)
+    n_chunks = q.shape[2]
+    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    if log_decay is None:
+        scores = (q @ k.transpose(-1, -2)).masked_fill(~causal, 0.0)
+        q_in, k_out, decay = q, k, None
+    elif log_decay.dim() == 3:
+        b = _chunks(log_decay, C).cumsum(dim=-1)                                         # (B, H, N, C)
+        rel = (b[..., :, None] - b[..., None, :]).masked_fill(~causal, float("-inf"))
+        scores = (q @ k.transpose(-1, -2)) * rel.exp()
+        b_end = b[..., -1:]
+        q_in, k_out = q * b.exp()[..., None], k * (b_end - b).exp()[..., None]
+        decay = b_end.exp()[..., None]                                                   # (B, H, N, 1, 1)
+    else:
+        b = _chunks(log_decay, C).cumsum(dim=-2)                                         # (B, H, N, C, K)
+        scores = _gated_chunk_scores(q, k, b, sub_chunk)
+        b_end = b[..., -1:, :]
+        q_in, k_out = q * b.exp(), k * (b_end - b).exp()
+        decay = b_end.transpose(-1, -2).exp()                                            # (B, H, N, K, 1)
+    out = scores @ v
+    increments = k_out.transpose(-1, -2) @ v                                             # (B, H, N, K, V)
+    S = q.new_zeros(B, H, K, v.shape[-1]) if state is None else state
+    starts = []
+    for n in range(n_chunks):
+        starts.append(S)
+        S = (S if decay is None else S * decay[:, :, n]) + increments[:, :, n]
+    out = out + q_in @ torch.stack(starts, dim=2)
+    return out.reshape(B, H, n_chunks * C, -1)[:, :, :T], S
+
+
+def chunked_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
+                       chunk_size: int = 64, state: torch.Tensor | None = None):
+    """The delta rule o_t = q_t S_t, S_t = S_{t-1} + beta_t k_t^T (v_t - k_t S_{t-1}), chunkwise.
+
+    q, k: (B, H, T, K); v: (B, H, T, V); beta: (B, H, T); state: S_0 (B, H, K, V) or None.
+    Returns o (B, H, T, V) and S_T. Inside a chunk the product of the rank-one updates has the
+    WY form (Yang et al. 2024, "Parallelizing linear transformers with the delta rule"):
+    S_t = S_0 + sum_{i<=t} k_i^T (u_i - w_i S_0) with W = A^{-1} diag(beta) K, U = A^{-1} diag(beta) V
+    and A = I + tril(diag(beta) K K^T, -1), so o = Q S_0 + tril(Q K^T) (U - W S_0).
+    """
+    B, H, T, K = q.shape
+    C = chunk_size
+    q, k, v, beta = _chunks(q, C), _chunks(k, C), _chunks(v, C), _chunks(beta, C)
+    n_chunks = q.shape[2]
+    ones = torch.ones(C, C, dtype=torch.bool, device=q.device)
+    kk = k @ k.transpose(-1, -2)
+    A = (beta[..., None] * kk).masked_fill(~ones.tril(-1), 0.0) + torch.eye(C, dtype=q.dtype, device=q.device)
+    # The triangular solve has no half-precision kernels; it runs in at least float32.
+    work = torch.promote_types(q.dtype, torch.float32)
+    rhs = beta[..., None] * torch.cat([k, v], dim=-1)
+    wu = torch.linalg.solve_triangular(A.to(work), rhs.to(work), upper=False, unitriangular=True).to(q.dtype)
+    w, u = wu[..., :K], wu[..., K:]
+    scores = (q @ k.transpose(-1, -2)).masked_fill(~ones.tril(), 0.0)
+    S = q.new_zeros(B, H, K, v.shape[-1]) if state is None else state
+    outs = []
+    for n in range(n_chunks):
+        u_n = u[:, :, n] - w[:, :, n] @ S
+        outs.append(q[:, :, n] @ S + scores[:, :, n] @ u_n)
+        S = S + k[:, :, n].transpose(-1, -2) @ u_n
+    return torch.stack(outs, dim=2).reshape(B, H, n_chunks * C, -1)[:, :, :T], S
+
+
+class CausalConv(nn.Module):
+    """Depthwise causal convolution y_t = b + sum_{j<K} h_j * u_{t-j} of each channel.
+
+    ``weight`` is h (channels, K), h[:, j] the tap at lag j. Forward takes (batch, seq, channels):
+    kernels longer than FFT_MIN_KERNEL go by FFT, shorter ones by ``conv1d``. ``step`` carries the
+    last min(t, K - 1) inputs.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, bias: bool = True):
+        super().__init__()
+        self.kernel_size = kernel_size
+        bound = 1 / math.sqrt(kernel_size)
+        self.weight = nn.Parameter(torch.empty(channels, kernel_size).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.zeros(channels)) if bias else None
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        T = u.shape[1]
+        h = self.weight[:, :T]
+        x = u.transpose(1, 2)
+        if h.shape[1] > FFT_MIN_KERNEL:
+            n, work = T + h.shape[1], torch.promote_types(x.dtype, torch.float32)
+            spectrum = torch.fft.rfft(x.to(work), n=n) * torch.fft.rfft(h.to(work), n=n)
+            y = torch.fft.irfft(spectrum, n=n)[..., :T].to(x.dtype)
+        else:
+            y = F.conv1d(F.pad(x, (h.shape[1] - 1, 0)), h.flip(-1)[:, None], groups=h.shape[0])
+        if self.bias is not None:
+            y = y + self.bias[:, None]
+        return y.transpose(1, 2)
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
+        return torch.zeros(batch_size, self.weight.shape[0], 0, device=device, dtype=dtype)
+
+    def step(self, u: torch.Tensor, cache: torch.Tensor):
+        """u: (batch, channels) -> (y, new cache); cache: (batch, channels, min(t, K - 1))."""
+        window = torch.cat([cache, u[..., None]], dim=-1)
+        y = (window * self.weight[:, :window.shape[-1]].flip(-1)).sum(-1)
+        if self.bias is not None:
+            y = y + self.bias
+        return y, window[..., 1:] if window.shape[-1] == self.kernel_size else window
+
+    def state_size(self, seq_len: int) -> int:
+        return self.weight.shape[0] * min(seq_len, self.kernel_size - 1)
+
+
+class HeadNorm(nn.Module):
+    """Normalise each head of (..., n_heads, head_dim) over head_dim, with a gain per channel.
+
+    ``rms=False``: layer normalisation with a bias (the GroupNorm of RetNet and GLA, one group per
+    head); ``rms=True``: RMSNorm (Zhang & Sennrich 2019).
+    """
+
+    def __init__(self, n_heads: int, head_dim: int, eps: float = 1e-5, rms: bool = False):
+        super().__init__()
+        self.eps, self.rms = eps, rms
+        self.weight = nn.Parameter(torch.ones(n_heads, head_dim))
+        self.bias = None if rms else nn.Parameter(torch.zeros(n_heads, head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rms:
+            return F.rms_norm(x, x.shape[-1:], eps=self.eps) * self.weight
+        return F.layer_norm(x, x.shape[-1:], eps=self.eps) * self.weight + self.bias

@@ -1,0 +1,62 @@
+"""Causal sliding-window attention: each position attends to its last ``window_size`` positions."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from seqicl.layers.attention import Attention, causal_attention_reference
+from seqicl.layers.ops import require, require_positive
+from seqicl.layers.registry import register
+
+
+@register("sliding_window_attention", kind="sequence")
+class SlidingWindowAttention(Attention):
+    """Multi-head softmax attention restricted to positions t - window_size < s <= t.
+
+    Local attention as in Longformer (Beltagy et al. 2020) and the sliding-window layers of Based
+    (Arora et al. 2024); everything else (GQA, rotary positions, ``impl``) is ``attention``'s.
+    Incremental decoding keeps only the last ``window_size`` keys and values.
+    """
+
+    def __init__(self, d_model: int, max_len: int, window_size: int = 64, n_heads: int = 2,
+                 n_kv_heads: int | None = None, positions: str = "rotary", rotary_base: float = 10000.0,
+                 dropout: float = 0.0, bias: bool = False, impl: str = "auto"):
+        super().__init__(d_model, max_len, n_heads=n_heads, n_kv_heads=n_kv_heads, positions=positions,
+                         rotary_base=rotary_base, dropout=dropout, bias=bias, impl=impl)
+        require_positive(self.layer_name, window_size=window_size)
+        require(window_size <= max_len, self.layer_name,
+                f"window_size={window_size} is larger than max_len={max_len}")
+        self.window_size = window_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        q, k, v = self.qkv(x)
+        k, v = self._expand_kv(k, v)
+        p = self.dropout if self.training else 0.0
+        if self.impl == "torch":
+            y = causal_attention_reference(q, k, v, window=self.window_size, dropout_p=p)
+        else:
+            i = torch.arange(T, device=x.device)
+            lag = i[:, None] - i[None, :]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=(lag >= 0) & (lag < self.window_size),
+                                               dropout_p=p)
+        return self.out_proj(y.transpose(1, 2).reshape(B, T, D))
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> dict:
+        return {**super().init_state(batch_size, device=device, dtype=dtype), "position": 0}
+
+    def step(self, x: torch.Tensor, state: dict):
+        B, D = x.shape
+        q, k, v = self.qkv(x[:, None], offset=state["position"])
+        start = max(0, state["k"].shape[2] - (self.window_size - 1))
+        k_all = torch.cat([state["k"][:, :, start:], k], dim=2)
+        v_all = torch.cat([state["v"][:, :, start:], v], dim=2)
+        ke, ve = self._expand_kv(k_all, v_all)
+        y = F.scaled_dot_product_attention(q, ke, ve)
+        new_state = {"k": k_all, "v": v_all, "position": state["position"] + 1}
+        return self.out_proj(y.transpose(1, 2).reshape(B, D)), new_state
+
+    def state_size(self, seq_len: int) -> int:
+        """The key/value cache: at most window_size positions."""
+        return 2 * min(seq_len, self.window_size) * self.n_kv_heads * self.head_dim
