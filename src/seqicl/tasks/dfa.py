@@ -85,7 +85,7 @@ from seqicl.tasks.base import IGNORE_INDEX, SPLITS, TokenTask, check_choice, che
 HASH_BUCKETS = 10
 SPLIT_BUCKETS = {"test": range(0, 1), "val": range(1, 2), "train": range(2, HASH_BUCKETS)}
 # Draws for one automaton before the parameters are declared (nearly) unsatisfiable.
-MAX_DRAWS = 100_000
+MAX_DRAWS = 10_000
 
 Edges = list  # edges[state] is a dict {letter: next state}
 
