@@ -171,50 +171,53 @@ def _context_ids(inputs: torch.Tensor, length: int, base: int) -> torch.Tensor:
     return ids
 
 
-def _earlier_counts(context: torch.Tensor, following: torch.Tensor) -> torch.Tensor:
-    """``counts[b, t] = sum(following[b, j] for j < t if context[b, j] == context[b, t])``.
+def _earlier_counts(key: torch.Tensor, following: torch.Tensor) -> torch.Tensor:
+    """``counts[i] = sum(following[j] for j < i if key[j] == key[i])``, for ``key`` (M,) and ``following`` (M, K).
 
-    ``context`` is (n, L) integer, ``following`` (n, L, K). Positions are grouped by (row,
-    context) with a stable sort, which keeps each group in time order; exclusive prefix sums
-    within each group give the counts.
+    A stable sort groups equal keys and keeps each group in its original order; exclusive
+    prefix sums within each group give the counts.
     """
-    n, L, K = following.shape
-    key = (torch.arange(n, device=context.device)[:, None] * (int(context.max()) + 1) + context).reshape(-1)
     order = torch.sort(key, stable=True).indices
-    f = following.reshape(n * L, K)[order]
+    f = following[order]
     before = f.cumsum(dim=0) - f
     sorted_key = key[order]
     first = torch.ones_like(sorted_key, dtype=torch.bool)
     first[1:] = sorted_key[1:] != sorted_key[:-1]
-    idx = torch.arange(n * L, device=context.device)
+    idx = torch.arange(key.numel(), device=key.device)
     group_start = torch.where(first, idx, 0).cummax(dim=0).values
     counts = torch.empty_like(before)
     counts[order] = before - before[group_start]
-    return counts.reshape(n, L, K)
+    return counts
 
 
-def in_context_ngram(inputs: torch.Tensor, targets: torch.Tensor, order: int, num_symbols: int) -> torch.Tensor:
-    """(n, L, num_symbols) next-token distributions of an in-context ``order``-gram model with back-off.
+def in_context_ngrams(inputs: torch.Tensor, targets: torch.Tensor, orders, num_symbols: int) -> dict:
+    """``{order: (M, num_symbols)}``: next-token distributions of in-context n-gram models with
+    back-off at the M scored positions (``targets != -100``, in row-major order).
 
-    At position ``t`` the model has read ``inputs[:, :t+1]`` and knows the next token of every
-    earlier scored position ``j < t`` (``targets[:, j] = inputs[:, j+1]``). It predicts the
-    frequencies of the tokens that followed earlier occurrences of the last ``order - 1``
-    tokens; where that context never occurred it backs off to one token less, down to the
-    frequencies of all earlier next tokens, and to the uniform distribution at the start.
-    Targets must lie in ``[0, num_symbols)`` where scored.
+    At position ``t`` a model has read ``inputs[:, :t+1]`` and knows the next token of every
+    earlier scored position ``j < t`` of the same row (``targets[:, j] = inputs[:, j+1]``). The
+    ``order``-gram model predicts the frequencies of the tokens that followed earlier
+    occurrences of the last ``order - 1`` tokens; where that context never occurred it backs off
+    to one token less, down to the frequencies of all earlier next tokens, and to the uniform
+    distribution at a row's first position. Scored targets must lie in ``[0, num_symbols)``.
     """
     scored = targets != IGNORE_INDEX
-    following = F.one_hot(targets.clamp(min=0), num_symbols) * scored[..., None]
-    probs = torch.full(following.shape, 1.0 / num_symbols, device=inputs.device)
-    resolved = torch.zeros(inputs.shape + (1,), dtype=torch.bool, device=inputs.device)
+    row = torch.arange(inputs.shape[0], device=inputs.device)[:, None].expand_as(inputs)[scored]
+    following = F.one_hot(targets[scored], num_symbols).float()
     base = int(inputs.max()) + 2
-    for length in range(order - 1, -1, -1):
-        counts = _earlier_counts(_context_ids(inputs, length, base), following)
-        total = counts.sum(dim=-1, keepdim=True)
-        use = (total > 0) & ~resolved
-        probs = torch.where(use, counts / total.clamp(min=1), probs)
-        resolved |= use
-    return probs
+    counts = [_earlier_counts(row * base ** length + _context_ids(inputs, length, base)[scored], following)
+              for length in range(max(orders))]
+    out = {}
+    for order in orders:
+        probs = torch.full_like(following, 1.0 / num_symbols)
+        resolved = torch.zeros_like(following[:, :1], dtype=torch.bool)
+        for length in range(order - 1, -1, -1):
+            total = counts[length].sum(dim=-1, keepdim=True)
+            use = (total > 0) & ~resolved
+            probs = torch.where(use, counts[length] / total.clamp(min=1), probs)
+            resolved |= use
+        out[order] = probs
+    return out
 
 
 @register("dfa")
@@ -417,7 +420,7 @@ class DFA(TokenTask):
 
         logits = logits.float()
         stats = scores(logits[:, :S].softmax(dim=-1), logits.argmax(dim=-1), "")
-        for order in (2, 3):
-            q = in_context_ngram(batch["inputs"], batch["targets"], order, S)[mask]
+        ngrams = in_context_ngrams(batch["inputs"], batch["targets"], (2, 3), S)
+        for order, q in ngrams.items():
             stats.update(scores(q, q.argmax(dim=-1), f"ngram{order}_"))
         return stats
