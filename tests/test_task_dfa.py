@@ -209,9 +209,9 @@ def test_make_splits_and_datamodule_keep_languages_apart():
     forms = {k: set(languages(v)) for k, v in splits.items()}
     assert len(forms["train"]) == 40
     assert not forms["train"] & forms["val"] and not forms["train"] & forms["test"] and not forms["val"] & forms["test"]
-    for online in (None, 40):
-        dm = TaskDataModule(small(num_train_automata=None if online is None else 40), batch_size=16,
-                            train_size=online, val_size=30, test_size=30, steps_per_epoch=3, seed=1)
+    for train_size in (None, 40):  # an online stream of fresh languages; a fixed set from a pool
+        dm = TaskDataModule(small(num_train_automata=train_size), batch_size=16, train_size=train_size,
+                            val_size=30, test_size=30, steps_per_epoch=3, seed=1)
         dm.setup()
         forms = {k: set(languages(v)) for k, v in dm.splits.items()}
         train = set().union(*(languages(batch) for batch in dm.train_dataloader()))
