@@ -10,6 +10,7 @@ import torch
 from seqicl.errors import ConfigError
 
 IGNORE_INDEX = -100
+SPLITS = ("train", "val", "test")
 
 _REGISTRY: Dict[str, Type["Task"]] = {}
 
@@ -77,6 +78,18 @@ class Task:
 
     def sample(self, n: int, seed: int = 0, device: str | torch.device = "cpu") -> dict:
         raise NotImplementedError
+
+    def split_view(self, split: str, seed: int) -> "Task":
+        """The task restricted to what split ``split`` (``train``, ``val`` or ``test``) may hold.
+
+        Data for a split are drawn from ``task.split_view(split, seed)``, with ``seed`` the run's
+        seed. A task whose examples share a hidden object that must not cross splits (an
+        automaton, a function) returns a view that only draws that split's objects; the default
+        is the task itself, since example-level de-duplication by content hash already keeps
+        the splits disjoint.
+        """
+        check_choice("split", split, SPLITS)
+        return self
 
     def eval_stats(self, batch: dict, **outputs) -> dict:
         """Task-specific evaluation statistics: ``{name: (sum, count)}`` (tensors, scalar or vector).

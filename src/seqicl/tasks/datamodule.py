@@ -14,7 +14,7 @@ import torch
 
 from seqicl.errors import ConfigError
 from seqicl.seeding import derive_seed, generator
-from seqicl.tasks.base import Task
+from seqicl.tasks.base import SPLITS, Task
 from seqicl.tasks.splits import (assert_disjoint, batch_size_of, batch_to, concat_batches, draw_unique,
                                  example_hashes, index_batch)
 
@@ -107,6 +107,7 @@ class TaskDataModule(pl.LightningDataModule):
 
     ``train_size=None`` streams fresh training examples (never one of the validation or test
     examples); an integer draws a fixed training set, disjoint from validation and test.
+    Each split draws from ``task.split_view(split, seed)``.
     Evaluation batches are fixed. Fixed sets are generated on the CPU and live on the training
     device when ``on_device``. The online stream is generated on the CPU (the same data on every
     machine) unless ``generate_on_device`` (faster on a GPU, but its RNG differs from the CPU's).
@@ -140,13 +141,14 @@ class TaskDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:
             return
+        views = {split: self.task.split_view(split, self.seed) for split in SPLITS}
         seen = torch.empty(0, dtype=torch.long)
         splits = {}
         sizes = (("test", self.test_size), ("val", self.val_size), ("train", self.train_size))
         for split, size in sizes:
             if size is None:
                 continue
-            batch, h = draw_unique(self.task, size, derive_seed(self.seed, self.task.name, split), exclude=seen)
+            batch, h = draw_unique(views[split], size, derive_seed(self.seed, self.task.name, split), exclude=seen)
             splits[split] = batch
             if h is not None:
                 seen = torch.cat([seen, h])
@@ -155,7 +157,7 @@ class TaskDataModule(pl.LightningDataModule):
         self.splits = {k: batch_to(v, device) for k, v in splits.items()}
         stream_device = device if self.generate_on_device else torch.device("cpu")
         exclude = seen.to(stream_device) if self.task.finite_support else None
-        self.train_batches = TrainBatches(self.task, self.batch_size, derive_seed(self.seed, "train"),
+        self.train_batches = TrainBatches(views["train"], self.batch_size, derive_seed(self.seed, "train"),
                                           data=self.splits.get("train"), steps_per_epoch=self.steps_per_epoch,
                                           exclude=exclude, device=stream_device)
 
