@@ -74,6 +74,7 @@ class Task:
     kind: str = "token"  # "token" or "continuous"
     objective: str = ""  # the name of a training objective (seqicl.training.objectives)
     backbone: str = "token_lm"  # the backbone that serves this task when model.backbone is auto
+    monitor: tuple = ("accuracy", "max")  # the validation metric that selects checkpoints, and its direction
     finite_support: bool = True  # whether identical examples can recur (de-duplication matters)
 
     def sample(self, n: int, seed: int = 0, device: str | torch.device = "cpu") -> dict:

@@ -9,14 +9,20 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 
 class StopAtAccuracy(pl.Callback):
-    """Stop training once validation accuracy reaches ``threshold`` (validation data only)."""
+    """Stop training once a validation metric reaches ``threshold`` (validation data only).
 
-    def __init__(self, threshold: float, monitor: str = "val/accuracy"):
-        self.threshold, self.monitor = threshold, monitor
+    ``mode="min"`` stops once the metric falls to the threshold or below (e.g. a loss).
+    """
+
+    def __init__(self, threshold: float, monitor: str = "val/accuracy", mode: str = "max"):
+        self.threshold, self.monitor, self.mode = threshold, monitor, mode
 
     def on_validation_end(self, trainer, pl_module):
         value = trainer.callback_metrics.get(self.monitor)
-        if value is not None and float(value) >= self.threshold and not trainer.sanity_checking:
+        if value is None or trainer.sanity_checking:
+            return
+        reached = float(value) >= self.threshold if self.mode == "max" else float(value) <= self.threshold
+        if reached:
             trainer.should_stop = True
 
 

@@ -62,11 +62,12 @@ def _loggers(cfg: dict, out: Path):
     raise ConfigError(f"logger.name must be csv, tensorboard or wandb, got {name!r}")
 
 
-def _callbacks(cfg: dict, out: Path) -> list:
+def _callbacks(cfg: dict, out: Path, task) -> list:
+    metric, mode = task.monitor
     cbs = []
     if cfg.get("checkpoint", True):
-        cbs.append(ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best", monitor="val/accuracy",
-                                   mode="max", save_top_k=1, save_last=True, enable_version_counter=False,
+        cbs.append(ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best", monitor=f"val/{metric}",
+                                   mode=mode, save_top_k=1, save_last=True, enable_version_counter=False,
                                    auto_insert_metric_name=False))
     if cfg.get("lr_monitor", True):
         cbs.append(LearningRateMonitor(logging_interval="step"))
@@ -78,7 +79,7 @@ def _callbacks(cfg: dict, out: Path) -> list:
     elif bar not in ("none", None):
         raise ConfigError(f"callbacks.progress_bar must be rich, tqdm or none, got {bar!r}")
     if cfg.get("stop_at_accuracy") is not None:
-        cbs.append(StopAtAccuracy(float(cfg["stop_at_accuracy"])))
+        cbs.append(StopAtAccuracy(float(cfg["stop_at_accuracy"]), monitor=f"val/{metric}", mode=mode))
     return cbs
 
 
@@ -129,7 +130,7 @@ def train(c: dict, output_dir: str | os.PathLike) -> dict:
     module = SeqICLModule(model, task, c["optim"], c["scheduler"], max_steps, run_config=c)
     trainer_cfg = dict(c["trainer"])
     trainer_cfg.setdefault("enable_progress_bar", c["callbacks"].get("progress_bar", "rich") not in ("none", None))
-    trainer = pl.Trainer(**trainer_cfg, callbacks=_callbacks(c["callbacks"], out),
+    trainer = pl.Trainer(**trainer_cfg, callbacks=_callbacks(c["callbacks"], out, task),
                          logger=_loggers(c["logger"], out), default_root_dir=str(out),
                          plugins=[AtomicCheckpointIO()])
     module.divergence_check_every = max(1, int(trainer_cfg.get("log_every_n_steps") or 50))
