@@ -35,17 +35,19 @@ def direct_causal_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return torch.einsum("cts,...cs->...ct", toeplitz, u)
 
 
-def linear_scan(a: torch.Tensor, b: torch.Tensor, chunk_size: int = 64,
+def linear_scan(a: torch.Tensor, b: torch.Tensor, chunk_size: int = 32,
                 h0: torch.Tensor | None = None) -> torch.Tensor:
     """Every state of the diagonal recurrence h_t = a_t * h_{t-1} + b_t, time on dim 1.
 
     ``a`` broadcasts against ``b`` (batch, T, ...), real or complex; ``h0`` (batch, ...) is the
-    state before the first step (zero if None). The sequence is cut into chunks of
-    ``chunk_size``. Inside every chunk, all chunks at once, an inclusive scan by recursive
-    doubling leaves b[t] = the state at t started from zero at the chunk start and a[t] = the
-    product of the decays since then. The states carried across chunk boundaries are the same
-    recurrence over the chunk ends, solved by calling this function on them. Only products of
-    decays are formed, never their inverses, so nothing overflows however strong the decay.
+    state before the first step (zero if None). A two-level blocked scan: the sequence is cut
+    into chunks of ``chunk_size``; all chunks are scanned at once, from a zero state, one
+    position of the chunk at a time (``chunk_size`` steps, each over every chunk), which also
+    gives each position's decay product since its chunk start; the states entering the chunks
+    are the same recurrence over the chunk ends, solved by calling this function on them, and
+    are then added in with those decay products. O(T) work in about chunk_size + T / chunk_size
+    sequential steps. Only products of decays are formed, never their inverses (as a
+    cumulative-sum-of-logs form would), so nothing overflows however strong the decay.
     """
     a = a.expand_as(b)
     B, T = b.shape[:2]
@@ -56,22 +58,21 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, chunk_size: int = 64,
     if pad:
         a = torch.cat([a, a.new_ones((B, pad) + rest)], dim=1)
         b = torch.cat([b, b.new_zeros((B, pad) + rest)], dim=1)
-    a = a.reshape((B, n_chunks, L) + rest)
-    b = b.reshape((B, n_chunks, L) + rest)
-    step = 1
-    while step < L:
-        # Combine each position with the partial result `step` positions earlier.
-        b = torch.cat([b[:, :, :step], b[:, :, step:] + a[:, :, step:] * b[:, :, :-step]], dim=2)
-        a = torch.cat([a[:, :, :step], a[:, :, step:] * a[:, :, :-step]], dim=2)
-        step *= 2
+    a = a.reshape((B, n_chunks, L) + rest).unbind(2)
+    b = b.reshape((B, n_chunks, L) + rest).unbind(2)
+    states, decays = [b[0]], [a[0]]
+    for a_t, b_t in zip(a[1:], b[1:]):
+        states.append(a_t * states[-1] + b_t)
+        decays.append(a_t * decays[-1])
+    h = torch.stack(states, dim=2)
     if n_chunks > 1 or h0 is not None:
-        starts = torch.zeros_like(b[:, :1, 0]) if h0 is None else h0[:, None].to(b.dtype)
+        starts = torch.zeros_like(b[0][:, :1]) if h0 is None else h0[:, None].to(h.dtype)
         if n_chunks > 1:
             # The states at the ends of all chunks but the last start the chunks after them.
-            ends = linear_scan(a[:, :-1, -1], b[:, :-1, -1], chunk_size, h0)
+            ends = linear_scan(decays[-1][:, :-1], states[-1][:, :-1], chunk_size, h0)
             starts = torch.cat([starts, ends], dim=1)
-        b = b + a * starts[:, :, None]
-    return b.reshape((B, n_chunks * L) + rest)[:, :T]
+        h = h + torch.stack(decays, dim=2) * starts[:, :, None]
+    return h.reshape((B, n_chunks * L) + rest)[:, :T]
 
 
 def linear_scan_reference(a: torch.Tensor, b: torch.Tensor,
@@ -89,12 +90,15 @@ def linear_scan_reference(a: torch.Tensor, b: torch.Tensor,
 def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """Per-channel causal convolution of x (batch, T, channels) with weight (channels, width).
 
-    y_t = bias + sum_{j < width} weight[:, width - 1 - j] * x_{t-j}: the last tap is the current
-    position, as in ``torch.nn.Conv1d`` with ``width - 1`` zeros of left padding.
+    y_t = bias + sum_j weight[:, j] * x_{t - (width - 1 - j)}: the last tap is the current
+    position, as in ``torch.nn.Conv1d`` with ``width - 1`` zeros of left padding. Written as
+    ``width`` shifted products: for the short filters used here that is much faster on CPU
+    than a grouped ``conv1d``, whose backward pass is slow there.
     """
-    width = weight.shape[-1]
-    y = F.conv1d(F.pad(x.transpose(1, 2), (width - 1, 0)), weight[:, None], bias, groups=weight.shape[0])
-    return y.transpose(1, 2)
+    T, width = x.shape[1], weight.shape[-1]
+    padded = F.pad(x, (0, 0, width - 1, 0))
+    y = sum(padded[:, j:j + T] * weight[:, j] for j in range(width))
+    return y if bias is None else y + bias
 
 
 def depthwise_conv_step(x: torch.Tensor, window: torch.Tensor, weight: torch.Tensor,
