@@ -61,12 +61,15 @@ class H3(nn.Module):
         q = q.reshape(q.shape[:-1] + (self.n_heads, self.head_dim))
         return torch.einsum("...hi,...ijh->...hj", q, kv).flatten(-2)
 
+    def shift_ssm(self, k: torch.Tensor) -> torch.Tensor:
+        """SSM_shift(K) for K (batch, T, d_model): sum_{l < d_state} C_l K_{t-l} + D K_t."""
+        k = k.transpose(1, 2)
+        return (ops.fft_causal_conv(k, self.shift_C[:, :k.shape[-1]]) + self.shift_D[:, None] * k).transpose(1, 2)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T = x.shape[1]
         q, k, v = self._qkv(x)
-        k = k.transpose(1, 2)
-        k = ops.fft_causal_conv(k, self.shift_C[:, :T]) + self.shift_D[:, None] * k
-        kv = self._outer(k.transpose(1, 2), v).movedim(1, -1)            # (batch, d_h, d_h, heads, T)
+        kv = self._outer(self.shift_ssm(k), v).movedim(1, -1)            # (batch, d_h, d_h, heads, T)
         kv = ops.fft_causal_conv(kv, self.diag(T)) + self.diag_D[:, None] * kv
         return self.out_proj(self._read(q, kv.movedim(-1, 1)))
 
