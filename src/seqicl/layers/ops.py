@@ -60,19 +60,22 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, chunk_size: int = 32,
         b = torch.cat([b, b.new_zeros((B, pad) + rest)], dim=1)
     a = a.reshape((B, n_chunks, L) + rest).unbind(2)
     b = b.reshape((B, n_chunks, L) + rest).unbind(2)
+    carried = n_chunks > 1 or h0 is not None
     states, decays = [b[0]], [a[0]]
     for a_t, b_t in zip(a[1:], b[1:]):
         states.append(a_t * states[-1] + b_t)
-        decays.append(a_t * decays[-1])
+        if carried:
+            decays.append(a_t * decays[-1])
     h = torch.stack(states, dim=2)
-    if n_chunks > 1 or h0 is not None:
+    if carried:
         starts = torch.zeros_like(b[0][:, :1]) if h0 is None else h0[:, None].to(h.dtype)
         if n_chunks > 1:
             # The states at the ends of all chunks but the last start the chunks after them.
             ends = linear_scan(decays[-1][:, :-1], states[-1][:, :-1], chunk_size, h0)
             starts = torch.cat([starts, ends], dim=1)
         h = h + torch.stack(decays, dim=2) * starts[:, :, None]
-    return h.reshape((B, n_chunks * L) + rest)[:, :T]
+    h = h.reshape((B, n_chunks * L) + rest)
+    return h[:, :T] if pad else h
 
 
 def linear_scan_reference(a: torch.Tensor, b: torch.Tensor,
