@@ -11,7 +11,7 @@ from seqicl.errors import ConfigError
 from seqicl.layers import ops
 from seqicl.layers.ngram import ngram_attention
 from seqicl.layers.rwkv import wkv
-from seqicl.models.lm import TokenLM
+from seqicl.models.lm import TokenLM, weight_decay_split
 
 D, T, B = 16, 12, 2
 
@@ -261,6 +261,20 @@ def test_identity_state_mixer_is_no_layer():
     model = TokenLM(vocab_size=5, max_len=T, d_model=D, n_layers=1, mixer="lstm", state_mixer="identity")
     assert model.blocks[0].state_mixer is None and model.blocks[0].norm2 is None
     assert model(torch.randint(0, 5, (B, T))).shape == (B, T, 5)
+
+
+# --- optimisation -------------------------------------------------------------------------
+
+def test_ssm_dynamics_are_not_weight_decayed():
+    model = TokenLM(vocab_size=5, max_len=T, d_model=D, blocks=[{"mixer": "s4d"}, {"mixer": "mamba"},
+                                                                {"mixer": "h3"}]).double()
+    decay, no_decay = weight_decay_split(model)
+    decay, no_decay = {id(p) for p in decay}, {id(p) for p in no_decay}
+    s4d, mamba, h3 = (b.mixer for b in model.blocks)
+    for p in (s4d.kernel.log_A_real, s4d.kernel.A_imag, s4d.kernel.B, mamba.A_log, h3.diag.log_A_real):
+        assert id(p) in no_decay
+    for p in (s4d.kernel.C, mamba.in_proj.weight, h3.shift_C, model.embed.weight):
+        assert id(p) in decay
 
 
 # --- configuration errors ------------------------------------------------------------------

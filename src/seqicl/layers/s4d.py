@@ -33,6 +33,8 @@ class S4DKernel(nn.Module):
         self.A_imag = nn.Parameter(math.pi * torch.arange(half, dtype=torch.float32).repeat(channels, 1))
         self.B = nn.Parameter(torch.stack([torch.ones(channels, half), torch.zeros(channels, half)], dim=-1))
         self.C = nn.Parameter(torch.randn(channels, half, 2) * math.sqrt(0.5))
+        for p in (self.log_dt, self.log_A_real, self.A_imag, self.B):
+            p._no_weight_decay = True                         # S4's recipe: no decay on A, B, dt
 
     def discrete(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """dt A, dB and C (channels, N/2), complex; dA = exp(dt A)."""
