@@ -76,8 +76,7 @@ class H3(nn.Module):
     def init_state(self, batch_size: int, device=None, dtype=None) -> dict:
         """The last d_state - 1 keys (shift SSM) and the diagonal SSM's state for every KV entry."""
         return {"shift": torch.zeros(batch_size, self.d_model, self.d_state - 1, device=device, dtype=dtype),
-                "diag": self.diag.init_state(batch_size, device, dtype)[:, None, None]
-                .expand(-1, self.head_dim, self.head_dim, -1, -1).clone()}
+                "diag": self.diag.init_state(batch_size, self.head_dim, self.head_dim, device=device, dtype=dtype)}
 
     def step(self, x: torch.Tensor, state: dict):
         q, k, v = self._qkv(x)

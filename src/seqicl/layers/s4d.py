@@ -50,9 +50,10 @@ class S4DKernel(nn.Module):
         vandermonde = torch.exp(dtA[..., None] * powers)                   # dA_n^l
         return 2 * torch.einsum("cn,cnl->cl", C * dB, vandermonde).real
 
-    def init_state(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
+    def init_state(self, *batch_shape: int, device=None, dtype=None) -> torch.Tensor:
+        """Zero states (*batch_shape, channels, N/2), complex."""
         dtype = (dtype or torch.get_default_dtype()).to_complex()
-        return torch.zeros(batch_size, *self.log_A_real.shape, device=device, dtype=dtype)
+        return torch.zeros(*batch_shape, *self.log_A_real.shape, device=device, dtype=dtype)
 
     def step(self, u: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """u (..., channels), state (..., channels, N/2) -> y = 2 Re(C x), next x = dA x + dB u."""
@@ -95,7 +96,7 @@ class S4D(nn.Module):
         return self._output(y + self.D * x)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
-        return self.kernel.init_state(batch_size, device, dtype)
+        return self.kernel.init_state(batch_size, device=device, dtype=dtype)
 
     def step(self, x: torch.Tensor, state: torch.Tensor):
         y, state = self.kernel.step(x, state)
