@@ -81,7 +81,8 @@ class Hyena(nn.Module):
         if num_inner_mlps < 0:
             raise ConfigError(f"hyena: num_inner_mlps must be >= 0, got {num_inner_mlps}")
         if not 0 < fast_decay_pct <= slow_decay_pct:
-            raise ConfigError(f"hyena: need 0 < fast_decay_pct <= slow_decay_pct, got {fast_decay_pct}, {slow_decay_pct}")
+            raise ConfigError(f"hyena: need 0 < fast_decay_pct <= slow_decay_pct, "
+                              f"got {fast_decay_pct} and {slow_decay_pct}")
         if not 0 < decay_target < 1:
             raise ConfigError(f"hyena: decay_target must be in (0, 1), got {decay_target}")
         self.d_model, self.max_len, self.order = d_model, max_len, order
