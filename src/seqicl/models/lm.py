@@ -111,5 +111,17 @@ class TokenLM(nn.Module):
         return self.head(self.hidden(tokens))
 
 
+def weight_decay_split(model: nn.Module) -> tuple[list, list]:
+    """Trainable parameters (each once) that take weight decay, and those that do not.
+
+    Matrices and embeddings decay; vectors (biases, norms) and parameters a layer marks with
+    ``_no_weight_decay = True`` (the dynamics of state space models) do not.
+    """
+    decay, no_decay = [], []
+    for p in {id(p): p for p in model.parameters() if p.requires_grad}.values():
+        (no_decay if p.dim() < 2 or getattr(p, "_no_weight_decay", False) else decay).append(p)
+    return decay, no_decay
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

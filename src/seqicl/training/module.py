@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from seqicl.errors import ConfigError
+from seqicl.models.lm import weight_decay_split
 from seqicl.training.objectives import objective_fn
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -149,9 +150,7 @@ class SeqICLModule(pl.LightningModule):
         cfg = self.optim_cfg
         if cfg.get("name", "adamw") != "adamw":
             raise ConfigError(f"optim.name must be adamw, got {cfg.get('name')!r}")
-        decay, no_decay = [], []
-        for p in {id(p): p for p in self.model.parameters() if p.requires_grad}.values():
-            (decay if p.dim() >= 2 else no_decay).append(p)
+        decay, no_decay = weight_decay_split(self.model)
         groups = [{"params": decay, "weight_decay": cfg["weight_decay"]},
                   {"params": no_decay, "weight_decay": 0.0}]
         fused = bool(cfg.get("fused")) and self.device.type == "cuda"

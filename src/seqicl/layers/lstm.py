@@ -1,0 +1,43 @@
+"""An LSTM (Hochreiter and Schmidhuber 1997) as the sequence mixer of a residual block."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from seqicl.errors import ConfigError
+from seqicl.layers.registry import register
+
+
+@register("lstm", kind="sequence")
+class LSTM(nn.Module):
+    """``torch.nn.LSTM`` with hidden size d_model: the block's normalised input -> LSTM output.
+
+    Causal by construction. ``step`` runs the same module one position at a time, so training
+    and incremental decoding share one set of weights. ``n_layers`` > 1 stacks LSTMs inside
+    the mixer (``dropout`` between them).
+    """
+
+    def __init__(self, d_model: int, max_len: int, n_layers: int = 1, dropout: float = 0.0,
+                 bias: bool = True):
+        super().__init__()
+        if n_layers < 1:
+            raise ConfigError(f"lstm: n_layers must be a positive integer, got {n_layers}")
+        self.d_model, self.n_layers = d_model, n_layers
+        self.lstm = nn.LSTM(d_model, d_model, num_layers=n_layers, bias=bias, batch_first=True,
+                            dropout=dropout if n_layers > 1 else 0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lstm(x)[0]
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> dict:
+        """Hidden and cell states, (n_layers, batch, d_model) each, as ``torch.nn.LSTM`` takes them."""
+        zeros = torch.zeros(self.n_layers, batch_size, self.d_model, device=device, dtype=dtype)
+        return {"h": zeros, "c": zeros.clone()}
+
+    def step(self, x: torch.Tensor, state: dict):
+        y, (h, c) = self.lstm(x[:, None], (state["h"], state["c"]))
+        return y[:, 0], {"h": h, "c": c}
+
+    def state_size(self, seq_len: int) -> int:
+        return 2 * self.n_layers * self.d_model
