@@ -50,6 +50,8 @@ class SeqICLModule(pl.LightningModule):
         super().__init__()
         self.model, self.task = model, task
         self.run_config = run_config
+        # Layers that expose an auxiliary loss after forward (e.g. moe_mlp's load balancing).
+        self._aux_modules = [m for m in model.modules() if hasattr(m, "aux_loss")]
         self.objective = objective_fn(task.objective)
         self.optim_cfg, self.sched_cfg, self.max_steps = dict(optim), dict(scheduler), max_steps
         self._sums: dict[str, dict] = {}
@@ -62,6 +64,9 @@ class SeqICLModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss, stats = self.objective(self.model, batch, self.task, train=True)
+        aux = [m.aux_loss for m in self._aux_modules if getattr(m, "aux_loss", None) is not None]
+        if aux:
+            loss = loss + sum(aux)
         self._watch_divergence(loss)
         self.log("train/loss", loss, prog_bar=True)
         if "loss_targets" not in batch and "accuracy" in stats:
