@@ -150,3 +150,30 @@ def test_unknown_names():
         tasks.build("mqar", num_kv=3)
     with pytest.raises(ValueError, match="n must be >= 1"):
         tasks.build("mqar").sample(0)
+
+
+@pytest.mark.parametrize("name,params", [
+    ("mqar", dict(vocab_size=64, seq_len=32, num_kv_pairs=4)),
+    ("associative_recall", dict(vocab_size=20, context_len=16)),
+    ("associative_recall", dict(vocab_size=20, context_len=16, train_all_tokens=False)),
+    ("induction_head", dict(vocab_size=12, context_len=16, induction_len=2, train_all_tokens=False)),
+])
+def test_train_scored_per_example_is_exact(name, params):
+    task = tasks.build(name, **params)
+    b = task.sample(50, seed=0)
+    counts = (b.get("loss_targets", b["targets"]) != -100).sum(dim=1)
+    assert (counts == task.train_scored_per_example).all()
+
+
+def test_fixed_count_loss_equals_masked_loss():
+    from seqicl.models import TokenLM
+    from seqicl.training.objectives import cross_entropy
+
+    task = tasks.build("mqar", vocab_size=64, seq_len=32, num_kv_pairs=4)
+    torch.manual_seed(0)
+    model = TokenLM(64, 32, d_model=16, n_layers=1)
+    batch = task.sample(8, seed=1)
+    fast, fast_stats = cross_entropy(model, batch, task, train=True)
+    slow, slow_stats = cross_entropy(model, batch, task, train=False)
+    torch.testing.assert_close(fast, slow)
+    assert fast_stats["accuracy"][0] == slow_stats["accuracy"][0]

@@ -182,7 +182,7 @@ def sample_distinct(n: int, k: int, low: int, high: int, gen: torch.Generator) -
     if k > size:
         raise ValueError(f"cannot draw {k} distinct values from a range of {size}")
     device = gen.device
-    if n * size <= 1 << 24 or 4 * k * k > size:
+    if 4 * k * k > size:
         perm = torch.rand(n, size, generator=gen, device=device).argsort(dim=1)[:, :k]
         return perm + low
     # Rejection: iid draws conditioned on being distinct are uniform over ordered k-subsets.

@@ -39,6 +39,10 @@ class MQAR(TokenTask):
                 f"vocab_size={vocab_size} has {vocab_size // 2 - 1} key tokens, fewer than "
                 f"num_kv_pairs={num_kv_pairs}; use vocab_size >= {2 * num_kv_pairs + 2}")
 
+    @property
+    def train_scored_per_example(self) -> int:
+        return self.num_kv_pairs
+
     def random_guess_accuracy(self) -> float:
         return 1.0 / (self.vocab_size - self.vocab_size // 2)
 

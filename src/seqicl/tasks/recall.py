@@ -50,6 +50,10 @@ class AssociativeRecall(TokenTask):
         self.noop = vocab_size - 1
         self.seq_len = self.num_pairs * (key_len + 1) + 1 + key_len
 
+    @property
+    def train_scored_per_example(self) -> int:
+        return self.seq_len if self.train_all_tokens else 1
+
     def random_guess_accuracy(self) -> float:
         return 1.0 / (self.num_values + (1 if self.allow_absent_query else 0))
 
@@ -119,6 +123,10 @@ class InductionHead(TokenTask):
         self.copy_prefix = vocab_size - 2
         self.noop = vocab_size - 1
         self.seq_len = context_len + induction_len
+
+    @property
+    def train_scored_per_example(self) -> int:
+        return self.seq_len if self.train_all_tokens else self.induction_len
 
     def random_guess_accuracy(self) -> float:
         return 1.0 / self.num_normal

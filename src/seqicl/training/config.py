@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from seqicl.errors import ConfigError
 
-TOP_LEVEL = {"name", "seed", "ckpt_path", "task", "model", "data", "optim", "scheduler", "trainer",
+TOP_LEVEL = {"name", "seed", "ckpt_path", "compile", "task", "model", "data", "optim", "scheduler", "trainer",
              "callbacks", "logger", "paths"}
 SECTIONS = {
     "data": {"batch_size", "train_size", "val_size", "test_size", "eval_batch_size", "steps_per_epoch",

@@ -36,13 +36,39 @@ def scored_logits(model: nn.Module, inputs: torch.Tensor, mask: torch.Tensor) ->
     return model(inputs)[mask]
 
 
+def _fixed_count_logits(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, k: int):
+    """Logits and targets at the k scored positions of every row, without a host sync.
+
+    Boolean indexing needs the number of scored positions on the host; when every row has
+    exactly k of them, a top-k over the mask finds them on the device.
+    """
+    if not (hasattr(model, "hidden") and hasattr(model, "head")):
+        return None
+    h = model.hidden(inputs)
+    if k == targets.shape[1]:
+        return model.head(h).flatten(0, 1), targets.flatten()
+    idx = (targets != IGNORE_INDEX).float().topk(k, dim=1, sorted=False).indices
+    h = h.gather(1, idx[..., None].expand(-1, -1, h.shape[-1]))
+    return model.head(h).flatten(0, 1), targets.gather(1, idx).flatten()
+
+
 @objective("cross_entropy")
 def cross_entropy(model: nn.Module, batch: dict, task, train: bool) -> tuple[torch.Tensor, Stats]:
     """Token tasks: cross-entropy and accuracy over scored positions (``targets != -100``).
 
     Training uses ``loss_targets`` when the task provides them (e.g. an all-next-token loss).
+    A task whose training targets score the same number of positions in every row says so in
+    ``train_scored_per_example``, which keeps the training step free of host syncs.
     """
     targets = batch.get("loss_targets", batch["targets"]) if train else batch["targets"]
+    k = getattr(task, "train_scored_per_example", None) if train else None
+    fixed = _fixed_count_logits(model, batch["inputs"], targets, k) if k else None
+    if fixed is not None:
+        logits, y = fixed
+        count = torch.tensor(float(y.numel()), device=y.device)
+        loss_sum = F.cross_entropy(logits.float(), y, reduction="sum")
+        correct = (logits.argmax(dim=-1) == y).sum().float()
+        return loss_sum / count, {"loss": (loss_sum.detach(), count), "accuracy": (correct, count)}
     mask = targets != IGNORE_INDEX
     logits = scored_logits(model, batch["inputs"], mask)
     y = targets[mask]
