@@ -107,7 +107,8 @@ class TaskDataModule(pl.LightningDataModule):
 
     ``train_size=None`` streams fresh training examples (never one of the validation or test
     examples); an integer draws a fixed training set, disjoint from validation and test.
-    Evaluation batches are fixed. Data live on the training device when ``on_device``.
+    Evaluation batches are fixed. Each split is drawn from ``task.for_split(split)``. Data live
+    on the training device when ``on_device``.
     """
 
     def __init__(self, task: Task, batch_size: int = 64, train_size: int | None = None,
@@ -142,7 +143,8 @@ class TaskDataModule(pl.LightningDataModule):
         for split, size in sizes:
             if size is None:
                 continue
-            batch, h = draw_unique(self.task, size, derive_seed(self.seed, self.task.name, split), exclude=seen)
+            batch, h = draw_unique(self.task.for_split(split), size, derive_seed(self.seed, self.task.name, split),
+                                   exclude=seen)
             splits[split] = batch
             if h is not None:
                 seen = torch.cat([seen, h])
@@ -150,7 +152,7 @@ class TaskDataModule(pl.LightningDataModule):
         device = self._device()
         self.splits = {k: batch_to(v, device) for k, v in splits.items()}
         exclude = seen.to(device) if self.task.finite_support else None
-        self.train_batches = TrainBatches(self.task, self.batch_size, derive_seed(self.seed, "train"),
+        self.train_batches = TrainBatches(self.task.for_split("train"), self.batch_size, derive_seed(self.seed, "train"),
                                           data=self.splits.get("train"), steps_per_epoch=self.steps_per_epoch,
                                           exclude=exclude, device=device)
 

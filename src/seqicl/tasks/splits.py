@@ -94,12 +94,13 @@ def make_splits(task: Task, train_size: int, val_size: int, test_size: int, seed
     """``{"train", "val", "test"}`` batches with no example shared between splits.
 
     The test set is drawn first, then validation, then training, each excluding what came
-    before; so the test set depends only on ``(task, test_size, seed)``.
+    before; so the test set depends only on ``(task, test_size, seed)``. Each split is drawn
+    from ``task.for_split(split)``.
     """
     out: dict = {}
     seen = torch.empty(0, dtype=torch.long)
     for split, size in (("test", test_size), ("val", val_size), ("train", train_size)):
-        batch, h = draw_unique(task, size, derive_seed(seed, task.name, split), exclude=seen)
+        batch, h = draw_unique(task.for_split(split), size, derive_seed(seed, task.name, split), exclude=seen)
         out[split] = batch
         if h is not None:
             seen = torch.cat([seen, h])
