@@ -53,14 +53,12 @@ def _recall_batch(n: int, seq_len: int, num_keys: int, value_of: torch.Tensor, g
     pairs = (seq_len - num_noise + 2) // 2  # 2 * pairs + num_noise >= seq_len + 1: every input key has its value
     units = pairs + num_noise
     keys = torch.randint(0, num_keys, (n, units), generator=g, device=device)
+    is_pair = torch.ones(n, units, dtype=torch.bool, device=device)
+    noise, first = keys, keys
     if num_noise:
-        is_pair = torch.ones(n, units, dtype=torch.bool, device=device)
         is_pair[:, :-1] = torch.rand(n, units - 1, generator=g, device=device).argsort(dim=1) < pairs - 1
         noise = torch.randint(noise_low, noise_low + noise_vocab, (n, units), generator=g, device=device)
-        first = torch.where(is_pair, keys, num_keys + torch.arange(units, device=device))
-    else:
-        is_pair = torch.ones(n, units, dtype=torch.bool, device=device)
-        noise, first = keys, keys
+        first = torch.where(is_pair, keys, num_keys + torch.arange(units, device=device))  # noise never repeats
     recalled = is_pair & ~first_occurrence(first)
     tokens = torch.stack([torch.where(is_pair, keys, noise), value_of.gather(1, keys)], dim=2)
     valid = torch.stack([torch.ones_like(is_pair), is_pair], dim=2)
