@@ -218,3 +218,38 @@ def gumbel_topk(logits: torch.Tensor, k: int, gen: torch.Generator) -> torch.Ten
     """k indices per row sampled without replacement with probabilities softmax(logits)."""
     u = torch.rand(logits.shape, generator=gen, device=gen.device).clamp_(1e-20, 1.0)
     return (logits - torch.log(-torch.log(u))).topk(k, dim=-1).indices
+
+
+def shuffle_rows(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Each row of ``x`` (n, k, ...) permuted independently and uniformly along dimension 1."""
+    perm = torch.rand(x.shape[:2], generator=gen, device=gen.device).argsort(dim=1)
+    return x.gather(1, perm.view(*perm.shape, *([1] * (x.dim() - 2))).expand_as(x))
+
+
+def first_occurrence(x: torch.Tensor) -> torch.Tensor:
+    """Boolean mask of the positions where each row's value of ``x`` (n, k) occurs for the first time."""
+    s, idx = x.sort(dim=1, stable=True)
+    first = torch.ones_like(s, dtype=torch.bool)
+    first[:, 1:] = s[:, 1:] != s[:, :-1]
+    return torch.zeros_like(first).scatter(1, idx, first)
+
+
+def pack_units(tokens: torch.Tensor, valid: torch.Tensor, length: int, fill: int = 0,
+               *extra: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Concatenate variable-length units: the valid slots of ``tokens`` (n, U, W), in order.
+
+    Row i of the result is its units' valid tokens one after the other, cut or filled with
+    ``fill`` to ``length``. ``extra`` tensors shaped like ``tokens`` are packed the same way
+    (filled with zeros) and returned after the tokens.
+    """
+    n = tokens.shape[0]
+    valid = valid.reshape(n, -1)
+    pos = valid.cumsum(dim=1) - 1
+    # Dropped slots all go to one extra column, cut off at the end.
+    col = torch.where(valid & (pos < length), pos, length)
+    out = []
+    for t, f in ((tokens, fill), *((e, 0) for e in extra)):
+        packed = torch.full((n, length + 1), f, dtype=t.dtype, device=t.device)
+        packed.scatter_(1, col, t.reshape(n, -1))
+        out.append(packed[:, :length].contiguous())
+    return tuple(out)

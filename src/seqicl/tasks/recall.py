@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 
 from seqicl.seeding import generator
-from seqicl.tasks.base import IGNORE_INDEX, TokenTask, check_bool, check_int, check_n, register
+from seqicl.tasks.base import (IGNORE_INDEX, TokenTask, check_bool, check_int, check_n, first_occurrence,
+                               register)
 
 
 def _next_token_targets(seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,7 +69,7 @@ class AssociativeRecall(TokenTask):
             query = torch.randint(0, n_keys, (n,), generator=g, device=device)
         else:
             # Uniform over the distinct keys present: random scores on first occurrences only.
-            first = _first_occurrence(key_ids)
+            first = first_occurrence(key_ids)
             scores = torch.rand(n, P, generator=g, device=device).masked_fill(~first, -1.0)
             query = key_ids.gather(1, scores.argmax(dim=1, keepdim=True)).squeeze(1)
         present = (key_ids == query[:, None]).any(dim=1)
@@ -91,14 +92,6 @@ class AssociativeRecall(TokenTask):
         """Multi-token keys: the base-``num_key_tokens`` digits of a key id, most significant first."""
         powers = self.num_key_tokens ** torch.arange(self.key_len - 1, -1, -1, device=key_ids.device)
         return (key_ids[..., None] // powers) % self.num_key_tokens
-
-
-def _first_occurrence(x: torch.Tensor) -> torch.Tensor:
-    """Boolean mask of the positions where each row's value occurs for the first time."""
-    n, P = x.shape
-    eq = x[:, :, None] == x[:, None, :]
-    earlier = torch.ones(P, P, dtype=torch.bool, device=x.device).tril(-1)
-    return ~(eq & earlier).any(dim=2)
 
 
 @register("induction_head")
