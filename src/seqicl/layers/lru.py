@@ -58,7 +58,9 @@ class LRU(nn.Module):
         """Re(C h) + D x."""
         return h.real @ self.C[..., 0].T - h.imag @ self.C[..., 1].T + self.D * x
 
+    @ops.full_precision
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Complex arithmetic has no bf16 kernels: the layer runs in float32 under autocast."""
         h = ops.linear_scan(self.lam(), self._input(x), self.chunk_size)
         return self._output(h, x)
 

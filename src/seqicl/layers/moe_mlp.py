@@ -56,6 +56,7 @@ class MoEMLP(nn.Module):
         out = torch.zeros_like(flat)
         for e, expert in enumerate(self.experts):
             token, slot = (chosen == e).nonzero(as_tuple=True)
-            out = out.index_put((token,), weights[token, slot, None] * expert(flat[token]), accumulate=True)
+            contribution = weights[token, slot, None] * expert(flat[token])
+            out = out.index_put((token,), contribution.to(out.dtype), accumulate=True)
         self.aux_loss = self.aux_loss_weight * self.load_balancing_loss(logits, chosen)
         return self.drop(out).view_as(x)

@@ -22,6 +22,7 @@ for the reference one.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -29,6 +30,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqicl.errors import ConfigError
+
+
+def full_precision(fn):
+    """Run ``fn`` outside autocast, with half-precision tensor arguments promoted to float32.
+
+    For recurrences and chunked scans whose accumulations lose too much in bf16 (the state of a
+    linear attention sums over the whole sequence); the projections around them still run in
+    the autocast dtype.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        device = next((a.device.type for a in (*args, *kwargs.values()) if torch.is_tensor(a)), "cpu")
+        up = lambda a: a.float() if torch.is_tensor(a) and a.dtype in (torch.float16, torch.bfloat16) else a  # noqa: E731
+        with torch.autocast(device_type=device, enabled=False):
+            return fn(*map(up, args), **{k: up(v) for k, v in kwargs.items()})
+
+    return wrapper
 
 
 # Kernels longer than this are applied by FFT; shorter ones by a direct convolution.
@@ -85,6 +104,7 @@ def _gated_chunk_scores(q: torch.Tensor, k: torch.Tensor, b: torch.Tensor, sub_c
     return across.reshape(*lead, C, C) + (within[..., :, :, None, :] * eye).reshape(*lead, C, C)
 
 
+@full_precision
 def chunked_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                              log_decay: torch.Tensor | None = None, chunk_size: int = 64,
                              state: torch.Tensor | None = None, sub_chunk: int = 16):
@@ -131,6 +151,7 @@ def chunked_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return out.reshape(B, H, n_chunks * C, -1)[:, :, :T], S
 
 
+@full_precision
 def chunked_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
                        chunk_size: int = 64, state: torch.Tensor | None = None):
     """The delta rule o_t = q_t S_t, S_t = S_{t-1} + beta_t k_t^T (v_t - k_t S_{t-1}), chunkwise.

@@ -1,0 +1,60 @@
+"""Check every layer's device path against its float64 CPU reference, forward and backward.
+
+    python benchmarks/gpu_check.py [--device cuda] [--seq-len 256] [--d-model 64] [--out FILE]
+
+Prints a table of relative errors (fp32 and bf16) and writes JSON; exits 1 if any exceeds
+its dtype's tolerance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from seqicl import layers
+from seqicl.layers.fastpath_check import compare_to_reference
+
+
+def overrides(name: str, seq_len: int) -> dict:
+    return {"window_size": max(2, seq_len // 4)} if name == "sliding_window_attention" else {}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--d-model", type=int, default=64)
+    ap.add_argument("--out", default="benchmarks/results/gpu_check.json")
+    args = ap.parse_args()
+    rows = []
+    print(f"{'layer':26s} {'dtype':8s} {'forward':>9s} {'grad x':>9s} {'grad θ':>9s}  ok")
+    for name in layers.available():
+        for dtype in (torch.float32, torch.bfloat16):
+            try:
+                r = compare_to_reference(name, args.device, dtype, seq_len=args.seq_len, d_model=args.d_model,
+                                         **overrides(name, args.seq_len))
+            except Exception as e:  # noqa: BLE001 - report every layer, then fail
+                r = {"layer": name, "dtype": str(dtype).replace("torch.", ""), "error": f"{type(e).__name__}: {e}".splitlines()[0],
+                     "ok": False}
+            rows.append(r)
+            if "error" in r:
+                print(f"{name:26s} {r['dtype']:8s} ERROR {r['error']}")
+            else:
+                print(f"{name:26s} {r['dtype']:8s} {r['forward']:9.2e} {r['grad_input']:9.2e} "
+                      f"{r['grad_params']:9.2e}  {'ok' if r['ok'] else 'FAIL'}", flush=True)
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"date": date.today().isoformat(), "device": device,
+                                          "torch": torch.__version__, "rows": rows}, indent=2))
+    failed = [f"{r['layer']}/{r['dtype']}" for r in rows if not r["ok"]]
+    print(f"{len(rows) - len(failed)}/{len(rows)} ok" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
