@@ -60,11 +60,12 @@ def _loggers(cfg: dict, out: Path):
     raise ConfigError(f"logger.name must be csv, tensorboard or wandb, got {name!r}")
 
 
-def _callbacks(cfg: dict, out: Path) -> list:
+def _callbacks(cfg: dict, out: Path, task: tasks.Task) -> list:
     cbs = []
     if cfg.get("checkpoint", True):
-        cbs.append(ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best", monitor="val/accuracy",
-                                   mode="max", save_top_k=1, save_last=True, enable_version_counter=False,
+        cbs.append(ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best",
+                                   monitor=f"val/{task.selection_metric}", mode=task.selection_mode,
+                                   save_top_k=1, save_last=True, enable_version_counter=False,
                                    auto_insert_metric_name=False))
     if cfg.get("lr_monitor", True):
         cbs.append(LearningRateMonitor(logging_interval="step"))
@@ -116,7 +117,7 @@ def train(c: dict, output_dir: str | os.PathLike) -> dict:
     module = SeqICLModule(model, task, c["optim"], c["scheduler"], max_steps)
     trainer_cfg = dict(c["trainer"])
     trainer_cfg.setdefault("enable_progress_bar", c["callbacks"].get("progress_bar", "rich") not in ("none", None))
-    trainer = pl.Trainer(**trainer_cfg, callbacks=_callbacks(c["callbacks"], out),
+    trainer = pl.Trainer(**trainer_cfg, callbacks=_callbacks(c["callbacks"], out, task),
                          logger=_loggers(c["logger"], out), default_root_dir=str(out),
                          plugins=[AtomicCheckpointIO()])
     start = time.time()
@@ -141,6 +142,7 @@ def train(c: dict, output_dir: str | os.PathLike) -> dict:
         "best_checkpoint": best,
         "val": module.final_metrics.get("val", {}),
         "test": module.final_metrics.get("test", {}),
+        "selection_metric": task.selection_metric,
         "accuracy_averaging": "micro (correct / scored positions)",
     }
     with open(out / "results.json", "w") as f:
