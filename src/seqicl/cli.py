@@ -26,10 +26,11 @@ def print_summary(results: dict, directory: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    metric = results.get("selection_metric", "accuracy")
     table = Table(title="seqicl run", show_header=True)
-    for col in ("task", "model", "params", "steps", "wall time", "val acc", "test acc"):
+    for col in ("task", "model", "params", "steps", "wall time", f"val {metric}", f"test {metric}"):
         table.add_column(col, justify="right" if col not in ("task", "model") else "left")
-    fmt = lambda d: "-" if "accuracy" not in d else f"{d['accuracy']:.4f}"  # noqa: E731
+    fmt = lambda d: "-" if metric not in d else f"{d[metric]:.4f}"  # noqa: E731
     table.add_row(results["task"], results["model"], f"{results['params']:,}", str(results["steps"]),
                   f"{results['wall_time_s']:.1f} s", fmt(results["val"]), fmt(results["test"]))
     console = Console()

@@ -10,13 +10,13 @@
 import importlib
 import pkgutil
 
-from seqicl.tasks.base import (IGNORE_INDEX, Task, TokenTask, available, build, parameters,
-                               register, task_class)
+from seqicl.tasks.base import (IGNORE_INDEX, ContinuousTask, Task, TokenTask, available, build,
+                               parameters, register, task_class)
 from seqicl.tasks.splits import assert_disjoint, example_hashes, make_splits
 
 for _m in pkgutil.iter_modules(__path__):
     if _m.name not in {"base", "splits", "datamodule"}:
         importlib.import_module(f"{__name__}.{_m.name}")
 
-__all__ = ["IGNORE_INDEX", "Task", "TokenTask", "available", "build", "parameters", "register",
+__all__ = ["IGNORE_INDEX", "ContinuousTask", "Task", "TokenTask", "available", "build", "parameters", "register",
            "task_class", "make_splits", "assert_disjoint", "example_hashes"]

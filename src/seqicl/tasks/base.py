@@ -74,8 +74,12 @@ class Task:
     kind: str = "token"  # "token" or "continuous"
     objective: str = ""  # the name of a training objective (seqicl.training.objectives)
     backbone: str = "token_lm"  # the backbone that serves this task when model.backbone is auto
-    monitor: tuple = ("accuracy", "max")  # the validation metric that selects checkpoints, and its direction
     finite_support: bool = True  # whether identical examples can recur (de-duplication matters)
+    selection_metric: str = "accuracy"  # the validation metric that picks the best checkpoint
+    selection_mode: str = "max"  # "max" or "min": which way selection_metric improves
+    # A task whose training data change with the training step (a curriculum) sets this to an
+    # object with ``at(step)``; its ``sample`` then accepts ``step=`` (None: the full-size task).
+    curriculum = None
 
     def sample(self, n: int, seed: int = 0, device: str | torch.device = "cpu") -> dict:
         raise NotImplementedError
@@ -91,6 +95,14 @@ class Task:
         """
         check_choice("split", split, SPLITS)
         return self
+
+    def eval_extras(self, batch: dict) -> dict:
+        """Per-example tensors that do not depend on the model (e.g. baseline predictions).
+
+        Computed once for each evaluation split and added to it, so that ``eval_stats`` need
+        not recompute them at every validation.
+        """
+        return {}
 
     def eval_stats(self, batch: dict, **outputs) -> dict:
         """Task-specific evaluation statistics: ``{name: (sum, count)}`` (tensors, scalar or vector).
@@ -126,6 +138,26 @@ class TokenTask(Task):
     def random_guess_accuracy(self) -> float:
         """Accuracy of guessing uniformly among the answers a scored position can have."""
         raise NotImplementedError
+
+
+class ContinuousTask(Task):
+    """Prompts of ``n_points`` (x, y) pairs: ``xs`` FloatTensor (n, n_points, n_dims) and
+    ``ys`` FloatTensor (n, n_points); the model predicts ``ys[:, k]`` from ``xs[:, :k+1]`` and
+    ``ys[:, :k]``. ``mask`` (n, n_points) marks the points that are scored (a curriculum pads
+    smaller prompts to the full size). Tensors describing the sampled function (``w``, ...)
+    ride along so that the data can be checked.
+    """
+
+    kind = "continuous"
+    backbone = "continuous"
+    finite_support = False
+    n_dims: int
+    n_points: int
+
+    @property
+    def seq_len(self) -> int:
+        """The backbone's sequence length: x and y of every point interleaved."""
+        return 2 * self.n_points
 
 
 # ---------------------------------------------------------------------------------------------

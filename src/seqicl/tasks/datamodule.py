@@ -4,7 +4,8 @@ Training batches come from a resumable iterable: its position (epoch, batch) is 
 checkpoints, so a resumed run sees exactly the batches an uninterrupted run would have seen.
 Fixed datasets are shuffled by a permutation seeded from (seed, epoch); an online stream draws
 batch ``(epoch, i)`` with a seed derived from it and drops any example that is also in the
-validation or test set.
+validation or test set. A task with a curriculum is also given the training step of the batch,
+``epoch * steps_per_epoch + i``, so the schedule too resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -60,13 +61,14 @@ class TrainBatches:
                 perm = torch.randperm(n, generator=generator(derive_seed(self.seed, "epoch", epoch)))
                 self._perm, self._perm_epoch = perm.to(self._data_device()), epoch
             return index_batch(self.data, self._perm[i * bs:(i + 1) * bs])
-        return self._fresh(derive_seed(self.seed, "stream", epoch, i))
+        return self._fresh(derive_seed(self.seed, "stream", epoch, i), epoch * self.length + i)
 
     def _data_device(self):
         return next(v.device for v in self.data.values() if torch.is_tensor(v))
 
-    def _fresh(self, seed: int) -> dict:
-        batch = self.task.sample(self.batch_size, seed=seed, device=self.device)
+    def _fresh(self, seed: int, step: int) -> dict:
+        at_step = {} if self.task.curriculum is None else {"step": step}
+        batch = self.task.sample(self.batch_size, seed=seed, device=self.device, **at_step)
         if self.exclude is None:
             return batch
         clash = torch.isin(example_hashes(batch), self.exclude)
@@ -75,7 +77,8 @@ class TrainBatches:
         parts, have, r = [index_batch(batch, ~clash)], int((~clash).sum()), 0
         while have < self.batch_size:
             r += 1
-            extra = self.task.sample(self.batch_size, seed=derive_seed(seed, "top-up", r), device=self.device)
+            extra = self.task.sample(self.batch_size, seed=derive_seed(seed, "top-up", r), device=self.device,
+                                     **at_step)
             extra = index_batch(extra, ~torch.isin(example_hashes(extra), self.exclude))
             parts.append(extra)
             have += batch_size_of(extra)
@@ -107,10 +110,12 @@ class TaskDataModule(pl.LightningDataModule):
 
     ``train_size=None`` streams fresh training examples (never one of the validation or test
     examples); an integer draws a fixed training set, disjoint from validation and test.
-    Each split draws from ``task.split_view(split, seed)``.
-    Evaluation batches are fixed. Fixed sets are generated on the CPU and live on the training
-    device when ``on_device``. The online stream is generated on the CPU (the same data on every
-    machine) unless ``generate_on_device`` (faster on a GPU, but its RNG differs from the CPU's).
+    Each split draws from ``task.split_view(split, seed)``. Evaluation batches are fixed and carry
+    the task's ``eval_extras`` (e.g. baseline predictions), computed once. Fixed sets are generated
+    on the CPU and live on the training device when ``on_device``. The online stream is generated
+    on the CPU (the same data on every machine) unless ``generate_on_device`` (faster on a GPU, but
+    its RNG differs from the CPU's). A task with a curriculum needs the online stream: a fixed
+    training set has one size.
     """
 
     def __init__(self, task: Task, batch_size: int = 64, train_size: int | None = None,
@@ -125,6 +130,9 @@ class TaskDataModule(pl.LightningDataModule):
         if train_size is not None and (isinstance(train_size, bool) or not isinstance(train_size, int)
                                        or train_size < 1):
             raise ConfigError(f"data.train_size must be a positive integer or null (online), got {train_size!r}")
+        if train_size is not None and task.curriculum is not None:
+            raise ConfigError(f"task {task.name!r} has a curriculum, which needs freshly drawn training prompts: "
+                              "set data.train_size: null, or task.curriculum: null for a fixed training set")
         self.task, self.batch_size, self.train_size = task, batch_size, train_size
         self.val_size, self.test_size = val_size, test_size
         self.eval_batch_size = eval_batch_size or max(batch_size, 256)
@@ -152,7 +160,10 @@ class TaskDataModule(pl.LightningDataModule):
             splits[split] = batch
             if h is not None:
                 seen = torch.cat([seen, h])
-        assert_disjoint(splits)
+        if self.task.finite_support:
+            assert_disjoint(splits)
+        for split in ("val", "test"):
+            splits[split] = {**splits[split], **self.task.eval_extras(splits[split])}
         device = self._device()
         self.splits = {k: batch_to(v, device) for k, v in splits.items()}
         stream_device = device if self.generate_on_device else torch.device("cpu")

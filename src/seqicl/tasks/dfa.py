@@ -224,7 +224,7 @@ def in_context_ngrams(inputs: torch.Tensor, targets: torch.Tensor, orders, num_s
 class DFA(TokenTask):
     """RegBench: strings of a random PFA, to be continued in context (see the module docstring)."""
 
-    monitor = ("dfa_accuracy", "max")
+    selection_metric = "dfa_accuracy"
 
     def __init__(self, num_letters: int = 18, min_alphabet: int = 4, max_alphabet: int = 18,
                  min_states: int = 4, max_states: int = 12, min_edges: int = 1, max_edges: int = 3,

@@ -95,7 +95,8 @@ def make_splits(task: Task, train_size: int, val_size: int, test_size: int, seed
 
     The test set is drawn first, then validation, then training, each excluding what came
     before; so the test set depends only on ``(task, test_size, seed)``. Each split is drawn
-    from ``task.split_view(split, seed)``.
+    from ``task.split_view(split, seed)``. Tasks without finite support (continuous prompts) are
+    drawn without de-duplication: a repeat has probability 0.
     """
     out: dict = {}
     seen = torch.empty(0, dtype=torch.long)
@@ -105,7 +106,8 @@ def make_splits(task: Task, train_size: int, val_size: int, test_size: int, seed
         out[split] = batch
         if h is not None:
             seen = torch.cat([seen, h])
-    assert_disjoint(out)
+    if task.finite_support:
+        assert_disjoint(out)
     return {k: out[k] for k in ("train", "val", "test")}
 
 

@@ -139,7 +139,7 @@ class SeqICLModule(pl.LightningModule):
             value = s / c.clamp(min=1)
             if value.dim() == 0:
                 metrics[name] = float(value)
-                self.log(f"{prefix}/{name}", metrics[name], prog_bar=name == self.task.monitor[0])
+                self.log(f"{prefix}/{name}", metrics[name], prog_bar=name == self.task.selection_metric)
             else:
                 metrics[name] = [float(v) if n > 0 else None for v, n in zip(value.tolist(), c.tolist())]
         if "accuracy" in acc:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqicl.evaluation.metrics import per_position_stats
 from seqicl.tasks.base import IGNORE_INDEX
 
 Stats = Dict[str, tuple]
@@ -77,6 +78,50 @@ def cross_entropy(model: nn.Module, batch: dict, task, train: bool) -> tuple[tor
     correct = (logits.argmax(dim=-1) == y).sum().float()
     stats = {"loss": (loss_sum.detach(), count), "accuracy": (correct, count)}
     if not train:
+        stats.update(task.eval_stats(batch, mask=mask, logits=logits))
+    return loss_sum / count.clamp(min=1), stats
+
+
+def _scored_points(batch: dict) -> torch.Tensor:
+    """The points of a continuous batch that are scored (all of them when there is no ``mask``)."""
+    mask = batch.get("mask")
+    return torch.ones_like(batch["ys"], dtype=torch.bool) if mask is None else mask
+
+
+@objective("mse")
+def mse(model: nn.Module, batch: dict, task, train: bool) -> tuple[torch.Tensor, Stats]:
+    """Continuous tasks with real labels: mean squared error over the scored points.
+
+    The loss is the plain squared error; the reported ``mse`` and ``mse_by_k`` (per number of
+    in-context examples) divide it by ``task.error_scale`` (for the regression tasks ``n_dims``,
+    so that predicting 0 scores about 1).
+    """
+    mask = _scored_points(batch)
+    preds = model(batch["xs"], batch["ys"]).float()
+    err = (preds - batch["ys"].float()) ** 2
+    count = mask.sum().float()
+    loss_sum = err[mask].sum()
+    stats = {"loss": (loss_sum.detach(), count)}
+    if not train:
+        stats.update(per_position_stats("mse", err / float(getattr(task, "error_scale", 1.0)), mask))
+        stats.update(task.eval_stats(batch, mask=mask, preds=preds))
+    return loss_sum / count.clamp(min=1), stats
+
+
+@objective("bce")
+def bce(model: nn.Module, batch: dict, task, train: bool) -> tuple[torch.Tensor, Stats]:
+    """Continuous tasks with 0/1 labels: binary cross-entropy on logits over the scored points;
+    accuracy thresholds the logit at 0 (overall and ``accuracy_by_k``)."""
+    mask = _scored_points(batch)
+    logits = model(batch["xs"], batch["ys"]).float()
+    target = batch["ys"].float()
+    loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    count = mask.sum().float()
+    loss_sum = loss[mask].sum()
+    correct = ((logits > 0) == (target > 0.5)).float()
+    stats = {"loss": (loss_sum.detach(), count), "accuracy": ((correct * mask).sum(), count)}
+    if not train:
+        stats.update(per_position_stats("accuracy", correct, mask))
         stats.update(task.eval_stats(batch, mask=mask, logits=logits))
     return loss_sum / count.clamp(min=1), stats
 

@@ -62,12 +62,12 @@ def _loggers(cfg: dict, out: Path):
     raise ConfigError(f"logger.name must be csv, tensorboard or wandb, got {name!r}")
 
 
-def _callbacks(cfg: dict, out: Path, task) -> list:
-    metric, mode = task.monitor
+def _callbacks(cfg: dict, out: Path, task: tasks.Task) -> list:
     cbs = []
     if cfg.get("checkpoint", True):
-        cbs.append(ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best", monitor=f"val/{metric}",
-                                   mode=mode, save_top_k=1, save_last=True, enable_version_counter=False,
+        cbs.append(ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best",
+                                   monitor=f"val/{task.selection_metric}", mode=task.selection_mode,
+                                   save_top_k=1, save_last=True, enable_version_counter=False,
                                    auto_insert_metric_name=False))
     if cfg.get("lr_monitor", True):
         cbs.append(LearningRateMonitor(logging_interval="step"))
@@ -79,7 +79,8 @@ def _callbacks(cfg: dict, out: Path, task) -> list:
     elif bar not in ("none", None):
         raise ConfigError(f"callbacks.progress_bar must be rich, tqdm or none, got {bar!r}")
     if cfg.get("stop_at_accuracy") is not None:
-        cbs.append(StopAtAccuracy(float(cfg["stop_at_accuracy"]), monitor=f"val/{metric}", mode=mode))
+        cbs.append(StopAtAccuracy(float(cfg["stop_at_accuracy"]), monitor=f"val/{task.selection_metric}",
+                                  mode=task.selection_mode))
     return cbs
 
 
@@ -161,6 +162,7 @@ def train(c: dict, output_dir: str | os.PathLike) -> dict:
         "best_checkpoint": best,
         "val": module.final_metrics.get("val", {}),
         "test": module.final_metrics.get("test", {}),
+        "selection_metric": task.selection_metric,
         "accuracy_averaging": "micro (correct / scored positions)",
     }
     write_results(out, results)

@@ -1,0 +1,1 @@
+"""Evaluation helpers: reference learners (baselines) and reports."""
