@@ -11,7 +11,8 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 class StopAtAccuracy(pl.Callback):
     """Stop training once a validation metric reaches ``threshold`` (validation data only).
 
-    ``mode="min"`` stops once the metric falls to the threshold or below (e.g. a loss).
+    ``mode="min"`` stops once the metric falls to the threshold or below (e.g. a loss). A run
+    whose task does not log the metric (regression has no accuracy) is never stopped by it.
     """
 
     def __init__(self, threshold: float, monitor: str = "val/accuracy", mode: str = "max"):

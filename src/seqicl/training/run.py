@@ -79,8 +79,7 @@ def _callbacks(cfg: dict, out: Path, task: tasks.Task) -> list:
     elif bar not in ("none", None):
         raise ConfigError(f"callbacks.progress_bar must be rich, tqdm or none, got {bar!r}")
     if cfg.get("stop_at_accuracy") is not None:
-        cbs.append(StopAtAccuracy(float(cfg["stop_at_accuracy"]), monitor=f"val/{task.selection_metric}",
-                                  mode=task.selection_mode))
+        cbs.append(StopAtAccuracy(float(cfg["stop_at_accuracy"])))
     return cbs
 
 
