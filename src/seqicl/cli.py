@@ -27,13 +27,14 @@ def print_summary(results: dict, directory: str) -> None:
     from rich.table import Table
 
     metric = results.get("selection_metric", "accuracy")
+    short = {"accuracy": "acc"}.get(metric, metric)
     table = Table(title="seqicl run", show_header=True)
-    for col in ("task", "model", "params", "steps", "wall time", f"val {metric}", f"test {metric}"):
+    for col in ("task", "model", "params", "steps", "wall time", f"val {short}", f"test {short}"):
         table.add_column(col, justify="right" if col not in ("task", "model") else "left")
     fmt = lambda d: "-" if metric not in d else f"{d[metric]:.4f}"  # noqa: E731
     table.add_row(results["task"], results["model"], f"{results['params']:,}", str(results["steps"]),
                   f"{results['wall_time_s']:.1f} s", fmt(results["val"]), fmt(results["test"]))
-    console = Console()
+    console = Console(width=max(100, Console().width))
     console.print(table)
     console.print(f"run directory: {directory}")
 
