@@ -28,6 +28,11 @@ class LSTM(nn.Module):
                             dropout=dropout if n_layers > 1 else 0.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda and not self.training and torch.is_grad_enabled():
+            # cuDNN's RNN backward refuses eval mode; gradients in eval mode (analysis, checks)
+            # go through the native kernels instead.
+            with torch.backends.cudnn.flags(enabled=False):
+                return self.lstm(x)[0]
         return self.lstm(x)[0]
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> dict:

@@ -158,7 +158,9 @@ class SeqICLModule(pl.LightningModule):
         decay, no_decay = weight_decay_split(self.model)
         groups = [{"params": decay, "weight_decay": cfg["weight_decay"]},
                   {"params": no_decay, "weight_decay": 0.0}]
-        fused = bool(cfg.get("fused")) and self.device.type == "cuda"
+        # Lightning cannot clip the gradients of a fused optimizer under mixed precision.
+        clipping = bool(self.trainer.gradient_clip_val) if self._trainer is not None else False
+        fused = bool(cfg.get("fused")) and self.device.type == "cuda" and not clipping
         opt = torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]), eps=cfg["eps"],
                                 fused=fused or None)
         sc = self.sched_cfg
