@@ -1,5 +1,6 @@
 """Runs that survive faults and never lie: divergence, kill and resume, determinism, bad paths."""
 
+import csv
 import json
 import os
 import signal
@@ -37,6 +38,20 @@ def test_same_seed_same_results_whatever_the_hash_seed(tmp_path):
     assert runs[0]["test"] == runs[1]["test"] and runs[0]["val"] == runs[1]["val"]
 
 
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint", None])
+def test_corrupt_or_foreign_checkpoint_is_one_line(content, tmp_path):
+    path = tmp_path / "bad.ckpt"
+    if content is None:
+        import torch
+
+        torch.save({"weights": [1, 2, 3]}, path)
+    else:
+        path.write_bytes(content)
+    proc = run_module("train", *FAST, f"ckpt_path={path}", f"hydra.run.dir={tmp_path / 'run'}", timeout=120)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "ckpt_path=" in lines[0], proc.stderr
+
+
 def test_unwritable_output_directory(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
@@ -69,3 +84,5 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     a, b = results(reference), results(killed)
     assert b["steps"] == a["steps"] == 60
     assert b["test"] == a["test"] and b["val"] == a["val"]
+    steps = [int(r["step"]) for r in csv.DictReader(open(killed / "metrics.csv")) if r.get("val/accuracy")]
+    assert steps == sorted(steps) and steps[0] < 20 and steps[-1] >= 59  # the history survives the kill

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -122,8 +123,8 @@ def train(c: dict, output_dir: str | os.PathLike) -> dict:
     pl.seed_everything(int(c["seed"]), workers=True, verbose=False)
     task = build_task(c["task"])
     ckpt_path = c.get("ckpt_path")
-    if ckpt_path is not None and not Path(ckpt_path).is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path} does not exist")
+    resume_step = read_checkpoint_step(ckpt_path) if ckpt_path is not None else None
+    earlier_metrics = _earlier_metrics(out / "metrics.csv", resume_step)
     data = TaskDataModule(task, seed=int(c["seed"]), **c["data"])
     model = build_model(c["model"], task)
     max_steps = int(c["trainer"]["max_steps"])
@@ -150,6 +151,8 @@ def train(c: dict, output_dir: str | os.PathLike) -> dict:
     fit_time = time.time() - start
     ckpt_cb = trainer.checkpoint_callback
     best = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None
+    if earlier_metrics:
+        _prepend_metrics(out / "metrics.csv", earlier_metrics)
     trainer.validate(module, datamodule=data, ckpt_path=best, verbose=False)
     trainer.test(module, datamodule=data, ckpt_path=best, verbose=False)
     results = {
@@ -166,6 +169,40 @@ def train(c: dict, output_dir: str | os.PathLike) -> dict:
     }
     write_results(out, results)
     return results
+
+
+def read_checkpoint_step(path) -> int:
+    """The global step of a checkpoint; a missing, truncated or foreign file is a ConfigError."""
+    if not Path(path).is_file():
+        raise ConfigError(f"ckpt_path={path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line answer
+        raise ConfigError(f"ckpt_path={path} is not a readable checkpoint ({type(e).__name__}); "
+                          "it may be truncated or corrupt") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "global_step" not in ckpt:
+        raise ConfigError(f"ckpt_path={path} is not a Lightning checkpoint of a seqicl run")
+    return int(ckpt["global_step"])
+
+
+def _earlier_metrics(path: Path, resume_step: int | None) -> list[dict]:
+    """Rows of a killed run's metrics.csv up to the step it resumes from (the logger restarts the file)."""
+    if resume_step is None or not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [row for row in csv.DictReader(f) if row.get("step") and int(float(row["step"])) < resume_step]
+
+
+def _prepend_metrics(path: Path, earlier: list[dict]) -> None:
+    rows = []
+    if path.is_file():
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    keys = sorted(set().union(*earlier, *rows))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(earlier + rows)
 
 
 def write_results(out: Path, results: dict) -> None:
