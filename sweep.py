@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from seqicl.cli import check_overrides, fail
+from seqicl.cli import check_overrides, fail, select_layer_configs
 
 
 def main(argv: list[str]) -> int:
@@ -49,7 +49,8 @@ def main(argv: list[str]) -> int:
         console.print(f"{len(runs)} runs in sweep {protocol.name} (into {protocol.out_dir})")
         return 0
     first = [f"{k}={engine.format_value(v)}" for k, v in runs[0].items()]
-    check_overrides("train", [*protocol.base, *forwarded, *first, f"hydra.run.dir={protocol.out_dir}"])
+    check_overrides("train", select_layer_configs([*protocol.base, *forwarded, *first,
+                                                   f"hydra.run.dir={protocol.out_dir}"]))
     skipped = engine.count_finished(protocol)
     console.print(f"sweep {protocol.name}: {len(runs)} runs, {skipped} already finished, launcher {launcher}")
     code = engine.launch(protocol, forwarded, launch_args)

@@ -10,7 +10,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from seqicl.cli import check_overrides, fail, in_multirun, print_summary, run_dir, run_isolated
+from seqicl.cli import check_overrides, fail, in_multirun, print_summary, run_dir, run_isolated, select_layer_configs
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
@@ -34,6 +34,7 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = select_layer_configs(sys.argv[1:])
     if not {"--multirun", "-m"} & set(sys.argv[1:]):
         check_overrides("train", sys.argv[1:])
     main()

@@ -10,6 +10,37 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+LAYER_SLOTS = ("model.mixer", "model.state_mixer")
+_NAME = re.compile(r"^[A-Za-z_]\w*$")
+
+
+def select_layer_configs(overrides: list[str]) -> list[str]:
+    """Setting a layer slot's ``_target_`` or ``name`` replaces the slot's whole layer config.
+
+    ``model.mixer._target_=pkg.module.Class`` (with or without ``+``) adds
+    ``layer@model.mixer=custom``; ``model.mixer.name=NAME`` adds ``layer@model.mixer=NAME`` when
+    ``configs/layer/NAME.yaml`` exists, and ``custom`` otherwise (a layer registered by a module
+    in ``imports``). So the previous layer's hyper-parameters never reach the new class. A slot
+    whose layer config is selected explicitly (``layer@model.mixer=...``) is left as it is.
+    """
+    out = list(overrides)
+    for slot in LAYER_SLOTS:
+        if any(o.lstrip("~+").startswith(f"layer@{slot}=") for o in out):
+            continue
+        for i, override in enumerate(out):
+            key, sep, value = override.partition("=")
+            bare = key.lstrip("+")
+            if not sep or key.startswith("~"):
+                continue
+            if bare == f"{slot}._target_":
+                out[i] = f"{bare}={value}"
+                out.append(f"layer@{slot}=custom")
+                break
+            if bare == f"{slot}.name" and _NAME.match(value):
+                has_config = (Path(CONFIG_DIR) / "layer" / f"{value}.yaml").exists()
+                out.append(f"layer@{slot}={value if has_config else 'custom'}")
+                break
+    return out
 
 
 def run_dir(cfg: DictConfig) -> str:
@@ -52,23 +83,22 @@ def _one_line(err: Exception) -> str:
     return head
 
 
-def check_overrides(config_name: str, argv: list[str]) -> None:
-    """Compose the config with the command-line overrides once, before Hydra runs.
+def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
+    """The config composed with ``overrides`` (Hydra's compose API), or a one-line ConfigError.
 
-    A misspelt key, an unknown config option or an unparsable override then ends in one line
-    naming the problem and the valid choices, instead of Hydra's multi-line report.
+    A misspelt key names the closest valid one; an unknown config option lists the valid ones.
     """
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from seqicl.errors import ConfigError
     from seqicl.training.config import check_keys
 
-    overrides = [a for a in argv if not a.startswith("-")]
     try:
         with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
             try:
-                cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+                return compose(config_name, overrides=overrides, return_hydra_config=True)
             except (HydraException, OmegaConfBaseException) as e:
                 m = re.search(r"Could not override '([^']+)'", str(e))
                 if m:
@@ -80,8 +110,24 @@ def check_overrides(config_name: str, argv: list[str]) -> None:
                     if isinstance(node, DictConfig):
                         check_keys(parent, [leaf], list(node.keys()))
                 raise
+    except ConfigError:
+        raise
     except (HydraException, OmegaConfBaseException, ValueError) as e:
-        fail(_one_line(e))
+        raise ConfigError(_one_line(e)) from None
+
+
+def check_overrides(config_name: str, argv: list[str]) -> None:
+    """Compose the config with the command-line overrides once, before Hydra runs.
+
+    A misspelt key, an unknown config option or an unparsable override then ends in one line
+    naming the problem and the valid choices, instead of Hydra's multi-line report.
+    """
+    from seqicl.errors import ConfigError
+
+    try:
+        cfg = compose_config(config_name, [a for a in argv if not a.startswith("-")])
+    except ConfigError as e:
+        fail(e)
     _check_writable(Path(str(cfg.hydra.run.dir)) if _has_run_dir(argv) else Path(str(cfg.paths.log_dir)))
 
 
@@ -109,29 +155,18 @@ def in_multirun() -> bool:
 
 def run_isolated(cfg: DictConfig) -> dict | None:
     """One job of a multirun: skip it if finished; record a failure instead of ending the sweep."""
-    import json
-    import traceback
-
     from seqicl.training import train
     from seqicl.training.config import validate
-    from seqicl.training.run import write_results
+    from seqicl.training.run import finished_results, record_failure
 
     out = Path(run_dir(cfg))
-    if (out / "results.json").exists():
-        previous = json.loads((out / "results.json").read_text())
-        if previous.get("status") == "completed":
-            print(f"skip (finished): {out}")
-            return previous
+    previous = finished_results(out)
+    if previous is not None:
+        print(f"skip (finished): {out}")
+        return previous
     try:
         return train(validate(cfg), out)
     except Exception as e:  # noqa: BLE001 - a sweep records every failure and goes on
-        from seqicl.training.module import Diverged
-
-        status = "diverged" if isinstance(e, Diverged) else "failed"
-        line = f"{type(e).__name__}: {e}".splitlines()[0]
-        if status == "failed" or not (out / "results.json").exists():
-            out.mkdir(parents=True, exist_ok=True)
-            write_results(out, {"status": status, "error": line})
-            (out / "error.log").write_text(traceback.format_exc())
-        print(f"{status}: {out}: {line}", file=sys.stderr)
+        status = record_failure(out, e)
+        print(f"{status}: {out}: {type(e).__name__}: {e}".splitlines()[0], file=sys.stderr)
         return None

@@ -47,10 +47,12 @@ def build_model(model_cfg: dict, task) -> nn.Module:
 def state_size(model: nn.Module, seq_len: int) -> int | None:
     """Recurrent state (elements per sequence) carried at inference after ``seq_len`` tokens.
 
-    None when some sequence mixer does not report it.
+    None when some sequence mixer does not report it, or the model is not made of blocks.
     """
+    if not hasattr(model, "blocks"):
+        return None
     total = 0
-    for block in getattr(model, "blocks", []):
+    for block in model.blocks:
         mixer = getattr(block, "mixer", None)
         if mixer is None:
             continue

@@ -2,7 +2,8 @@
 
 A model is ``d_model`` and a list of blocks; each block is a sequence mixer and a state mixer,
 each applied as ``x + mixer(norm(x))``. Layers are given by specs: a registered ``name`` plus
-its hyper-parameters (``{"name": "attention", "n_heads": 4}``).
+its hyper-parameters (``{"name": "attention", "n_heads": 4}``), or the import path of any layer
+class (``{"_target_": "mypkg.mixers.MyMixer", "my_kwarg": 3}``).
 """
 
 from __future__ import annotations
@@ -17,19 +18,9 @@ from seqicl.errors import ConfigError
 
 
 def build_layer(spec, d_model: int, max_len: int, expected_kind: str) -> nn.Module | None:
-    """A layer from its spec (a name or a mapping with ``name``); ``None``/``identity`` -> no layer."""
-    if spec is None:
-        return None
-    spec = {"name": spec} if isinstance(spec, str) else dict(spec)
-    if "name" not in spec:
-        raise ConfigError(f"a layer spec needs a 'name' (one of {', '.join(layers.available())}); got {spec}")
-    name = spec.pop("name")
-    if name == "identity":
-        return None
-    if layers.kind(name) != expected_kind:
-        raise ConfigError(f"layer {name!r} is a {layers.kind(name)} mixer, but it is used as the "
-                          f"{expected_kind} mixer of a block")
-    return layers.build(name, d_model=d_model, max_len=max_len, **spec)
+    """A layer from its spec (a name, or a mapping with ``name`` or ``_target_``);
+    ``None``/``identity`` -> no layer."""
+    return layers.build_spec(spec, d_model, max_len, expected_kind)
 
 
 class Block(nn.Module):

@@ -114,11 +114,22 @@ def launcher_overrides(launcher: str, n_jobs: int | None = None) -> list[str]:
 
 def train_command(protocol: Protocol, runs: list[dict], forwarded: list[str], launcher: list[str]) -> list[str]:
     """The ``python -m train --multirun`` command line for the whole grid."""
+    from seqicl.cli import select_layer_configs
+
     sweep_args = []
     for axis, values in protocol.grid.items():
         sweep_args.append(f"{axis}={','.join(_quote(format_value(v)) for v in values)}")
-    exclude = sorted({o.split("=", 1)[0].lstrip("+~") for o in [*protocol.base, *forwarded]})
-    return [sys.executable, "-m", "train", "--multirun", *protocol.base, *forwarded, *launcher, *sweep_args,
+    # Layer configs selected by a _target_ (or plug-in name) in the base, the forwarded overrides
+    # or a grid axis are shared by every run, so they do not appear in the run directories' names.
+    n = len(protocol.base) + len(forwarded)
+    everything = select_layer_configs([*protocol.base, *forwarded, *sweep_args])
+    shared = everything[:n] + everything[n + len(sweep_args):]
+    # Hydra matches a config-group override (layer@model.mixer=...) by its group alone (layer);
+    # that excludes every override of the group, so only when no grid axis is one of them.
+    grid_groups = {axis.split("@", 1)[0] for axis in protocol.grid if "@" in axis}
+    keys = {o.split("=", 1)[0].lstrip("+~") for o in shared}
+    exclude = sorted({k.split("@", 1)[0] if "@" in k and k.split("@", 1)[0] not in grid_groups else k for k in keys})
+    return [sys.executable, "-m", "train", "--multirun", *shared, *launcher, *sweep_args,
             f"hydra.sweep.dir={protocol.out_dir / 'runs'}",
             "hydra.sweep.subdir=${hydra.job.override_dirname}",
             f"hydra.job.config.override_dirname.exclude_keys=[{','.join(exclude)}]"]

@@ -11,8 +11,10 @@ import inspect
 from omegaconf import DictConfig, OmegaConf
 
 from seqicl.errors import ConfigError
+from seqicl.plugins import check_module_names
 
-TOP_LEVEL = {"name", "seed", "ckpt_path", "compile", "task", "model", "data", "optim", "scheduler", "trainer",
+TOP_LEVEL = {"name", "seed", "ckpt_path", "compile", "imports", "task", "model", "data", "optim", "scheduler",
+             "trainer",
              "callbacks", "logger", "paths"}
 SECTIONS = {
     "data": {"batch_size", "train_size", "val_size", "test_size", "eval_batch_size", "steps_per_epoch",
@@ -60,6 +62,7 @@ def validate(cfg: DictConfig) -> dict:
         check_keys(section, c[section], valid)
     check_keys("model", c["model"], MODEL_KEYS)
     check_keys("trainer", c["trainer"], trainer_keys())
+    c["imports"] = check_module_names(c.get("imports"))
     if "name" not in c["task"]:
         raise ConfigError("config key task.name is missing")
     if not isinstance(c["trainer"].get("max_steps"), int) or c["trainer"]["max_steps"] < 1:

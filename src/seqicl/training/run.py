@@ -8,16 +8,21 @@ import logging
 import os
 import subprocess
 import time
+import traceback
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from torch import nn
 
 from seqicl import tasks
 from seqicl.errors import ConfigError
+from seqicl.layers.contract import check_plugin_layers, check_token_model
 from seqicl.models import build_model, count_parameters, state_size
+from seqicl.plugins import import_modules
 from seqicl.tasks.datamodule import TaskDataModule
 from seqicl.training.callbacks import AtomicCheckpointIO, StopAtAccuracy
 from seqicl.training.module import Diverged, SeqICLModule
@@ -35,7 +40,9 @@ def describe_model(model_cfg: dict) -> str:
 
 
 def _layer_name(spec) -> str:
-    return spec if isinstance(spec, str) or spec is None else spec.get("name", "?")
+    if isinstance(spec, str) or spec is None:
+        return str(spec)
+    return str(spec.get("name") or str(spec.get("_target_", "?")).rpartition(".")[2])
 
 
 def _loggers(cfg: dict, out: Path):
@@ -94,8 +101,7 @@ def git_sha() -> str | None:
 
 def prepare_output_dir(path: Path) -> Path:
     """Create the run directory; refuse one that already holds another run's finished results."""
-    results = path / "results.json"
-    if results.exists() and json.loads(results.read_text()).get("status") == "completed":
+    if finished_results(path) is not None:
         raise ConfigError(f"{path} already holds a finished run (results.json); choose another output directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -115,18 +121,42 @@ def quiet_lightning_console() -> None:
             log.removeHandler(handler)
 
 
-def train(c: dict, output_dir: str | os.PathLike) -> dict:
-    """Run one experiment from a validated, resolved config; return what results.json holds."""
+def build_checked_model(c: dict, task, make_model: Callable[[tasks.Task], nn.Module] | None = None) -> nn.Module:
+    """The run's model, after the contract check of whatever is not seqicl's own.
+
+    ``make_model(task)`` supplies a user's model (token ids -> logits, checked whole);
+    otherwise the model config is built and its plug-in layers are checked one by one.
+    """
+    if make_model is None:
+        model = build_model(c["model"], task)
+        check_plugin_layers(model)
+        return model
+    model = make_model(task)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"the model must be a torch.nn.Module, got {type(model).__name__}")
+    if task.kind == "token":
+        check_token_model(model, task.vocab_size, min(task.seq_len, 16))
+    return model
+
+
+def train(c: dict, output_dir: str | os.PathLike,
+          make_model: Callable[[tasks.Task], nn.Module] | None = None) -> dict:
+    """Run one experiment from a validated, resolved config; return what results.json holds.
+
+    ``make_model(task)``, when given, builds the model instead of the config's ``model``
+    section (``seqicl.train(model=...)``, ``seqicl.benchmark``).
+    """
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
     quiet_lightning_console()
     out = prepare_output_dir(Path(output_dir))
+    import_modules(c.get("imports"))
     pl.seed_everything(int(c["seed"]), workers=True, verbose=False)
     task = build_task(c["task"])
     ckpt_path = c.get("ckpt_path")
     resume_step = read_checkpoint_step(ckpt_path) if ckpt_path is not None else None
     earlier_metrics = _earlier_metrics(out / "metrics.csv", resume_step)
     data = TaskDataModule(task, seed=int(c["seed"]), **c["data"])
-    model = build_model(c["model"], task)
+    model = build_checked_model(c, task, make_model)
     max_steps = int(c["trainer"]["max_steps"])
     module = SeqICLModule(model, task, c["optim"], c["scheduler"], max_steps, run_config=c)
     trainer_cfg = dict(c["trainer"])
@@ -203,6 +233,30 @@ def _prepend_metrics(path: Path, earlier: list[dict]) -> None:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         writer.writerows(earlier + rows)
+
+
+def finished_results(out: Path) -> dict | None:
+    """The results of a completed run in ``out``, or None."""
+    path = out / "results.json"
+    if path.exists():
+        previous = json.loads(path.read_text())
+        if previous.get("status") == "completed":
+            return previous
+    return None
+
+
+def record_failure(out: Path, error: Exception) -> str:
+    """Record why a sweep's run did not complete (results.json status, error.log); return the status.
+
+    A diverged run has already written its results.json; only a failure is recorded here.
+    """
+    status = "diverged" if isinstance(error, Diverged) else "failed"
+    line = f"{type(error).__name__}: {error}".splitlines()[0]
+    if status == "failed" or not (out / "results.json").exists():
+        out.mkdir(parents=True, exist_ok=True)
+        write_results(out, {"status": status, "error": line})
+        (out / "error.log").write_text("".join(traceback.format_exception(error)))
+    return status
 
 
 def write_results(out: Path, results: dict) -> None:
