@@ -58,9 +58,9 @@ def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
     widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, (h, _, _) in enumerate(columns)]
     numeric = [spec != "" for _, _, spec in columns]
     just = lambda s, w, right: s.rjust(w) if right else s.ljust(w)  # noqa: E731
-    print("  ".join(just(h, w, r) for (h, _, _), w, r in zip(columns, widths, numeric)))
+    print("  ".join(just(h, w, r) for (h, _, _), w, r in zip(columns, widths, numeric)).rstrip())
     for c in cells:
-        print("  ".join(just(s, w, r) for s, w, r in zip(c, widths, numeric)))
+        print("  ".join(just(s, w, r) for s, w, r in zip(c, widths, numeric)).rstrip())
 
 
 def write_json(path: str | Path, meta: dict, settings: dict, rows: list[dict]) -> None:
