@@ -185,7 +185,7 @@ def measure_cuda(spec: dict) -> dict:
     except Exception as e:  # noqa: BLE001 - record it in the row and go on
         return {"error": error_text(e)}
     finally:
-        layer = x = grad = tokens = step = None
+        layer = x = grad = tokens = step = None  # free this size's tensors before the next one is built
         gc.collect()
         torch.cuda.empty_cache()
 
