@@ -22,11 +22,10 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
+import yaml
 
 import seqicl.tasks as tasks
 from common import ROOT, describe, machine, print_table, write_json
-from seqicl.training import build_task
 
 HEADLINE = "mqar_zoology_256"
 HEADLINE_SPLITS = (100_000, 1_000, 1_000)
@@ -38,7 +37,7 @@ def task_config(name: str) -> tuple[dict, str]:
     file falls back to its constructor defaults)."""
     path = ROOT / "configs" / "task" / f"{name}.yaml"
     if path.exists():
-        return OmegaConf.to_container(OmegaConf.load(path), resolve=True), str(path.relative_to(ROOT))
+        return yaml.safe_load(path.read_text()), str(path.relative_to(ROOT))
     return {"name": name, **tasks.parameters(name)}, "constructor defaults"
 
 
@@ -71,7 +70,7 @@ def row(task: str, case: str, device: str, n: int, source: str, fn, repeats: int
 def sample_rows(name: str, n: int, repeats: int, devices: list[str]) -> list[dict]:
     cfg, source = task_config(name)
     try:
-        task = build_task(cfg)
+        task = tasks.build(**cfg)
     except Exception as e:  # noqa: BLE001
         return [{"task": name, "case": "sample", "device": d, "n": n, "config": source,
                  "error": f"{type(e).__name__}: {e}".splitlines()[0]} for d in devices]
@@ -83,7 +82,7 @@ def sample_rows(name: str, n: int, repeats: int, devices: list[str]) -> list[dic
 def headline_rows(repeats: int, devices: list[str]) -> list[dict]:
     """make_splits (on the CPU, where training data are drawn) and one sample(100k) per device."""
     cfg, source = task_config(HEADLINE)
-    task = build_task(cfg)
+    task = tasks.build(**cfg)
     train, val, test = HEADLINE_SPLITS
     rows = [row(HEADLINE, "make_splits(100k, 1k, 1k)", "cpu", train + val + test, source,
                 lambda r: tasks.make_splits(task, train, val, test, seed=r), repeats,
