@@ -12,10 +12,11 @@ timed twice: its default dispatch and ``impl=torch`` (the written-out reference)
 - CPU: float32, wall-clock time. Each (layer, seq) runs in its own process; its peak memory is
   the rise of the process's resident set above what it holds once the layer and the inputs are
   built (after one pass at batch 1 and at most 64 positions has loaded the libraries' lazily
-  initialised parts). The kernel's high-water mark (VmHWM) is reset to the current resident set before the
-  first pass (``/proc/self/clear_refs``; later passes reuse memory the allocator kept) and read
-  after the last, so neither the imports nor an earlier layer's peak can hide or inflate it; ``getrusage``'s ru_maxrss cannot be reset, so
-  it is the fallback where clear_refs is not available (the JSON names the method used).
+  initialised parts). The kernel's high-water mark (VmHWM) is reset to the current resident
+  set before the first pass (``/proc/self/clear_refs``; later passes reuse memory the allocator
+  kept) and read after the last, so neither the imports nor an earlier layer's peak can hide or
+  inflate it. ``getrusage``'s ru_maxrss cannot be reset, so it is only the fallback where
+  clear_refs is not available (the JSON names the method used).
 - CUDA: bf16 autocast (float32 weights, as ``trainer=gpu`` trains), timed with CUDA events
   after the warm-up passes (kernels loaded and tuned); peak memory is
   ``torch.cuda.max_memory_allocated`` during the timed passes minus what was allocated before
