@@ -14,8 +14,7 @@ from seqicl.errors import ConfigError
 from seqicl.plugins import check_module_names
 
 TOP_LEVEL = {"name", "seed", "ckpt_path", "compile", "imports", "task", "model", "data", "optim", "scheduler",
-             "trainer",
-             "callbacks", "logger", "paths"}
+             "trainer", "callbacks", "logger", "paths"}
 SECTIONS = {
     "data": {"batch_size", "train_size", "val_size", "test_size", "eval_batch_size", "steps_per_epoch",
              "on_device", "generate_on_device"},
