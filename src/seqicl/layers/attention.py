@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -12,8 +13,13 @@ from seqicl.errors import ConfigError
 from seqicl.layers.registry import register
 
 
+@functools.lru_cache(maxsize=64)
 def rotary_tables(seq_len: int, dim: int, base: float, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables (seq_len, dim/2) of rotary position embeddings (Su et al. 2021)."""
+    """cos and sin tables (seq_len, dim/2) of rotary position embeddings (Su et al. 2021).
+
+    Cached per (length, size, device, dtype): recomputing them costs several kernel launches a
+    layer and step, which dominates small models on a GPU.
+    """
     inv_freq = 1.0 / base ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim)
     angles = torch.arange(seq_len, device=device, dtype=torch.float32)[:, None] * inv_freq
     return angles.cos().to(dtype), angles.sin().to(dtype)
