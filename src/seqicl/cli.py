@@ -6,6 +6,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -83,6 +84,15 @@ def check_overrides(config_name: str, argv: list[str]) -> None:
     _check_writable(Path(str(cfg.hydra.run.dir)) if _has_run_dir(argv) else Path(str(cfg.paths.log_dir)))
 
 
+def open_mapping(key: str, argv: list[str]) -> list[str]:
+    """Overrides of entries of ``key``, a mapping with no fixed keys, as additions.
+
+    ``task.num_kv_pairs=8`` becomes ``++task.num_kv_pairs=8``, which Hydra accepts for a key the
+    config does not declare; what the entries may be is checked where they are used.
+    """
+    return [f"++{a}" if a.startswith(f"{key}.") and "=" in a else a for a in argv]
+
+
 def _has_run_dir(argv: list[str]) -> bool:
     return any(a.startswith("hydra.run.dir=") for a in argv)
 
@@ -105,31 +115,34 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def run_isolated(cfg: DictConfig) -> dict | None:
-    """One job of a multirun: skip it if finished; record a failure instead of ending the sweep."""
+def run_isolated(cfg: DictConfig, job: Callable[[], dict], results_name: str = "results.json") -> dict | None:
+    """One job of a multirun: skip it if finished; record a failure instead of ending the sweep.
+
+    ``job`` does the work and writes ``results_name`` (with ``"status": "completed"``) in the
+    job's output directory; a failure writes that file with ``"status": "failed"`` and the error,
+    and the traceback to ``error.log``.
+    """
     import json
     import traceback
 
-    from seqicl.training import train
-    from seqicl.training.config import validate
     from seqicl.training.run import write_results
 
     out = Path(run_dir(cfg))
-    if (out / "results.json").exists():
-        previous = json.loads((out / "results.json").read_text())
+    if (out / results_name).exists():
+        previous = json.loads((out / results_name).read_text())
         if previous.get("status") == "completed":
             print(f"skip (finished): {out}")
             return previous
     try:
-        return train(validate(cfg), out)
+        return job()
     except Exception as e:  # noqa: BLE001 - a sweep records every failure and goes on
         from seqicl.training.module import Diverged
 
         status = "diverged" if isinstance(e, Diverged) else "failed"
         line = f"{type(e).__name__}: {e}".splitlines()[0]
-        if status == "failed" or not (out / "results.json").exists():
+        if status == "failed" or not (out / results_name).exists():
             out.mkdir(parents=True, exist_ok=True)
-            write_results(out, {"status": status, "error": line})
+            write_results(out, {"status": status, "error": line}, results_name)
             (out / "error.log").write_text(traceback.format_exc())
         print(f"{status}: {out}: {line}", file=sys.stderr)
         return None

@@ -165,8 +165,8 @@ def train(c: dict, output_dir: str | os.PathLike) -> dict:
     return results
 
 
-def write_results(out: Path, results: dict) -> None:
-    """Write results.json atomically (a reader never sees half a file)."""
-    tmp = out / f".results.json.tmp-{os.getpid()}"
+def write_results(out: Path, results: dict, name: str = "results.json") -> None:
+    """Write ``out/name`` (results.json) atomically (a reader never sees half a file)."""
+    tmp = out / f".{name}.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, out / "results.json")
+    os.replace(tmp, out / name)

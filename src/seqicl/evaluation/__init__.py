@@ -1,0 +1,5 @@
+"""Evaluation of trained models: restoring checkpoints, per-task-family evaluators, generation, plots.
+
+``python -m generate`` (``seqicl.evaluation.generate``) drives it; ``evaluator_for(task)`` picks
+the evaluation of a task family (``seqicl.evaluation.base``).
+"""
