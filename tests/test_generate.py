@@ -1,6 +1,7 @@
 """``python -m generate``: restoring a checkpoint, evaluating, generating, and incremental decoding."""
 
 import json
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -13,7 +14,7 @@ from seqicl.evaluation.base import Settings, evaluator_for
 from seqicl.evaluation.checkpoint import restore
 from seqicl.evaluation.continuous import evaluate_continuous
 from seqicl.evaluation.decode import continue_prefixes
-from seqicl.evaluation.dfa import evaluate_dfa, walk
+from seqicl.evaluation.dfa import evaluate_dfa, render, walk
 from seqicl.evaluation.tokens import evaluate_tokens
 from seqicl.models import build_model
 from seqicl.models.lm import TokenLM
@@ -115,6 +116,33 @@ def test_walk_agrees_with_a_plain_python_walk():
     assert 0 < int(accepted.sum()) < int(ended.sum()) < n
 
 
+def test_dfa_greedy_generations_equal_re_running_the_model_and_walking_by_hand(tmp_path):
+    task = tasks.build("dfa", num_letters=4, min_alphabet=2, max_alphabet=4, min_states=2, max_states=4,
+                       max_edges=2, min_strings=2, max_strings=3, max_length=4)
+    data = task.sample(10, seed=0)
+    torch.manual_seed(0)
+    model = TokenLM(vocab_size=task.vocab_size, max_len=task.seq_len, d_model=16, n_layers=1).eval()
+    torch.nn.init.normal_(model.head.weight, std=3.0)  # decisive predictions, each token the argmax somewhere
+    settings = Settings(out=tmp_path, device=torch.device("cpu"), batch_size=4, seed=0, samples=10, temperature=1.0)
+    r = evaluate_dfa(model, task, data, settings)
+    verdicts = []
+    for i in range(10):
+        inputs = data["inputs"][i].tolist()
+        start = max(t for t, x in enumerate(inputs) if x == task.delimiter) + 1
+        seq, out = inputs[:start], []
+        while len(out) < task.max_length + 1 and (not out or out[-1] != task.delimiter):
+            with torch.no_grad():
+                out.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
+            seq.append(out[-1])
+        accepted, ended = _accepts(data["transitions"][i].tolist(), out, task.delimiter)
+        verdict = "accepted" if accepted else ("rejected" if ended else "unfinished")
+        verdicts.append(verdict)
+        assert r["samples"][i]["greedy"] == f"{render(out[:-1] if ended else out, task)} ({verdict})"
+    assert r["metrics"]["greedy_accepted"] == pytest.approx(verdicts.count("accepted") / 10)
+    assert r["generation"]["greedy"]["unfinished"] == pytest.approx(verdicts.count("unfinished") / 10)
+    assert set(verdicts) == {"accepted", "rejected", "unfinished"}, verdicts
+
+
 # ---------------------------------------------------------------------------------------------
 # restoring a checkpoint: which task changes a model can serve
 
@@ -159,6 +187,28 @@ def test_evaluators_are_chosen_by_task_name_then_kind():
     assert evaluator_for(SimpleNamespace(name="linear_regression", kind="continuous")) is evaluate_continuous
     with pytest.raises(ConfigError, match="no evaluator"):
         evaluator_for(SimpleNamespace(name="x", kind="graph"))
+
+
+def test_token_accuracy_by_position_and_by_pairs_equal_counting_by_hand(tmp_path):
+    task = tasks.build("mqar", vocab_size=16, seq_len=16, num_kv_pairs=2)
+    data = task.sample(12, seed=0)
+    data["num_kv_pairs"] = torch.tensor([2, 3, 5] * 4)  # as a task mixing several numbers of pairs gives it
+    torch.manual_seed(0)
+    model = TokenLM(vocab_size=16, max_len=16, d_model=16, n_layers=1).eval()
+    settings = Settings(out=tmp_path, device=torch.device("cpu"), batch_size=5, seed=0, samples=0, temperature=1.0)
+    r = evaluate_tokens(model, task, data, settings)
+    with torch.no_grad():
+        predicted = model(data["inputs"]).argmax(-1)
+    scored = data["targets"] != -100
+    correct = [(predicted[i][scored[i]] == data["targets"][i][scored[i]]).float() for i in range(12)]
+    by_position = torch.stack(correct).mean(0).tolist()
+    by_pairs = {str(k): float(torch.cat([c for c, n in zip(correct, data["num_kv_pairs"]) if n == k]).mean())
+                for k in (2, 3, 5)}
+    assert r["curves"]["accuracy_by_position"] == pytest.approx(by_position)
+    assert r["curves"]["accuracy_by_pairs"] == pytest.approx(by_pairs)
+    assert r["metrics"]["accuracy"] == pytest.approx(float(torch.cat(correct).mean()))
+    assert r["files"] == ["accuracy_by_position.png", "accuracy_by_pairs.png"]
+    assert_png(tmp_path / "accuracy_by_pairs.png")
 
 
 def test_continuous_curves_are_plotted_with_their_baselines(tmp_path, monkeypatch):
@@ -251,7 +301,7 @@ def test_token_task_accuracy_by_position_and_pairs(mqar_run, tmp_path):
 
 
 def test_dfa_generations_are_checked_against_the_automaton(dfa_run, tmp_path):
-    r, proc = generate(tmp_path, f"ckpt={dfa_run}/checkpoints/best.ckpt", "split=run", "samples=3",
+    r, proc = generate(tmp_path, f"ckpt={dfa_run}/checkpoints/best.ckpt", "split=run", "samples=22",
                        "batch_size=20", "temperature=0.7")
     assert_test_metrics_of(dfa_run, r)
     m, gen = r["metrics"], r["generation"]
@@ -268,8 +318,10 @@ def test_dfa_generations_are_checked_against_the_automaton(dfa_run, tmp_path):
     assert_png(tmp_path / "accuracy_by_position.png")
     assert_png(tmp_path / "dfa_metrics.png")
     text = (tmp_path / "samples.txt").read_text()
-    assert text.count("\nexample ") == 3 and text.count("  greedy:") == 3 and text.count("  reference:") == 3
-    assert len(r["samples"]) == 3 and "sample continuations" in proc.stdout
+    assert re.findall(r"^example (\d+):", text, re.M) == [str(i) for i in range(22)]  # across batches of 20
+    assert text.count("  greedy:") == 22 and text.count("  reference:") == 22
+    assert [row["example"] for row in r["samples"]] == [str(i) for i in range(22)]
+    assert "sample continuations" in proc.stdout
 
 
 def test_multirun_gives_each_checkpoint_its_own_directory(mqar_run, dfa_run, tmp_path):
@@ -292,7 +344,7 @@ def test_multirun_gives_each_checkpoint_its_own_directory(mqar_run, dfa_run, tmp
     ("missing", "does not exist"),
     ("truncated", "truncated, or not a torch file"),
     ("foreign", "is not a seqicl checkpoint: it has no 'seqicl_config'"),
-    ("vocabulary", "vocabulary (vocab_size=128 with these parameters) is larger than the model's embedding (64 tokens)"),
+    ("vocabulary", "(vocab_size=128 with these parameters) is larger than the model's embedding (64 tokens)"),
     ("learned positions", "longer than the model's learned positions (max_len=16)"),
     ("task parameter", "task 'mqar' has no parameter 'num_kv_pair'"),
     ("misspelt key", "unknown config key n_exmples (did you mean 'n_examples'?)"),

@@ -77,10 +77,10 @@ def restore(path: str | os.PathLike, task_overrides: dict | None = None) -> Rest
     """The model and task of checkpoint ``path``, the task changed by ``task_overrides``."""
     checkpoint = load_checkpoint(path)
     config = checkpoint[CONFIG_KEY]
-    try:
-        model_cfg, task_cfg = config["model"], config["task"]
-    except (KeyError, TypeError):
-        raise ConfigError(f"{path}: its {CONFIG_KEY} lacks the model or task config") from None
+    missing = [key for key in ("task", "model", "data", "seed") if not isinstance(config, dict) or key not in config]
+    if missing:
+        raise ConfigError(f"{path}: its {CONFIG_KEY} has no {missing[0]!r}; was it written by python -m train?")
+    model_cfg, task_cfg = config["model"], config["task"]
     trained = override_task(task_cfg, None)
     task = override_task(task_cfg, task_overrides)
     weights = model_weights(checkpoint)

@@ -83,7 +83,7 @@ def evaluate_dfa(model: nn.Module, task, data: dict, settings: Settings) -> dict
     totals = Totals()
     gen = generator(derive_seed(settings.seed, "dfa sampling"), settings.device)
     max_new = task.max_length + 1
-    samples = []
+    samples, seen = [], 0
     for batch in batches(data, settings):
         inputs, n = batch["inputs"], batch["inputs"].shape[0]
         start = last_string_start(inputs, task.delimiter)
@@ -98,7 +98,9 @@ def evaluate_dfa(model: nn.Module, task, data: dict, settings: Settings) -> dict
         end = (inputs != task.pad).sum(dim=1)
         totals.add({"reference/mean_length": ((end - start).sum(), n)})
         for j in range(min(n, settings.samples - len(samples))):
-            samples.append(_sample(task, batch, j, start[j], end[j], tokens, count, accepted, ended, n))
+            samples.append({"example": seen + j,
+                            **_sample(task, batch, j, start[j], end[j], tokens, count, accepted, ended, n)})
+        seen += n
     values = totals.scalars()
     generation = {"prefixes": int(totals.sums["greedy/accepted"][1]), "max_letters": task.max_length,
                   "temperature": settings.temperature,
@@ -121,7 +123,7 @@ def evaluate_dfa(model: nn.Module, task, data: dict, settings: Settings) -> dict
 def _sample(task, batch: dict, j: int, start, end, tokens, count, accepted, ended, n: int) -> dict:
     inputs = batch["inputs"][j].tolist()
     start, end = int(start), int(end)
-    sample = {"example": j, "states": int((batch["transitions"][j] >= 0).any(dim=-1).sum()),
+    sample = {"states": int((batch["transitions"][j] >= 0).any(dim=-1).sum()),
               "strings": inputs[:start].count(task.delimiter) - 1,
               "context": render(inputs[:start], task), "reference": render(inputs[start:end], task)}
     for i, mode in enumerate(MODES):

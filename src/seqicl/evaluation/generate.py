@@ -9,6 +9,7 @@ for DFA tasks test languages only, with a seed of its own) or the run's own test
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -79,8 +80,6 @@ def evaluation_data(c: dict, task, run: dict) -> dict:
 
 def prepare_output_dir(path: Path) -> Path:
     """Create the output directory; refuse one that already holds a finished evaluation."""
-    import json
-
     if (path / RESULTS).exists() and json.loads((path / RESULTS).read_text()).get("status") == "completed":
         raise ConfigError(f"{path} already holds a finished evaluation ({RESULTS}); choose another output directory")
     try:

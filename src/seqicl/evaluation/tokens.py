@@ -17,7 +17,8 @@ from seqicl.evaluation.plots import line_plot, plot_curves
 from seqicl.tasks.base import IGNORE_INDEX
 from seqicl.training.objectives import scored_logits
 
-VECTOR_PREFIX = "by_position/"
+# Names of the per-position and per-pairs statistics, apart from those a task's eval_stats returns.
+BY_POSITION, BY_PAIRS = "accuracy by position", "accuracy by pairs"
 
 
 def pairs_per_example(task, batch: dict) -> torch.Tensor | None:
@@ -45,11 +46,11 @@ def token_stats(model: nn.Module, task, batch: dict) -> dict:
     stats = {"loss": (F.cross_entropy(logits, y, reduction="sum"), count), "accuracy": (correct.sum(), count)}
     stats.update(task.eval_stats(batch, mask=mask, logits=logits))
     position = (mask.cumsum(dim=1) - 1)[mask]
-    stats[VECTOR_PREFIX + "accuracy"] = (torch.bincount(position, weights=correct), torch.bincount(position))
+    stats[BY_POSITION] = (torch.bincount(position, weights=correct), torch.bincount(position))
     pairs = pairs_per_example(task, batch)
     if pairs is not None:
         p = pairs[:, None].expand_as(mask)[mask]
-        stats["by_pairs/accuracy"] = (torch.bincount(p, weights=correct), torch.bincount(p))
+        stats[BY_PAIRS] = (torch.bincount(p, weights=correct), torch.bincount(p))
     return stats
 
 
@@ -71,20 +72,20 @@ def evaluate_tokens(model: nn.Module, task, data: dict, settings: Settings) -> d
     if guess is not None:
         metrics["random_guess_accuracy"] = guess
     vectors = totals.vectors()
-    by_position = vectors.pop(VECTOR_PREFIX + "accuracy")
-    curves = {"accuracy_by_position": by_position,
-              "scored_by_position": totals.counts(VECTOR_PREFIX + "accuracy")}
+    by_position = vectors.pop(BY_POSITION)
+    curves = {"accuracy_by_position": by_position, "scored_by_position": totals.counts(BY_POSITION)}
     reference = None if guess is None else ("random guess", guess)
     files = [line_plot(settings.out / "accuracy_by_position.png", list(range(1, len(by_position) + 1)),
                        {"model": by_position}, f"{task.name}: accuracy by scored position",
                        "k-th scored position of a sequence", "accuracy", reference, ylim=(0, 1.05))]
-    if "by_pairs/accuracy" in vectors:
-        by_pairs = vectors.pop("by_pairs/accuracy")
-        curves["accuracy_by_pairs"] = {str(k): v for k, v in enumerate(by_pairs) if v is not None}
-        if len(curves["accuracy_by_pairs"]) > 1:
-            files.append(line_plot(settings.out / "accuracy_by_pairs.png", list(range(len(by_pairs))),
-                                   {"model": by_pairs}, f"{task.name}: accuracy by key-value pairs in context",
-                                   "pairs in context", "accuracy", reference, ylim=(0, 1.05)))
+    if BY_PAIRS in vectors:
+        by_pairs = {k: v for k, v in enumerate(vectors.pop(BY_PAIRS)) if v is not None}
+        curves["accuracy_by_pairs"] = {str(k): v for k, v in by_pairs.items()}
+        if len(by_pairs) > 1:
+            files.append(line_plot(settings.out / "accuracy_by_pairs.png", list(by_pairs),
+                                   {"model": list(by_pairs.values())}, f"{task.name}: accuracy by key-value pairs "
+                                   "in context", "pairs in context", "accuracy", reference, ylim=(0, 1.05)))
     curves.update(vectors)
     files += plot_curves(settings.out, task, vectors)
-    return {"metrics": metrics, "curves": curves, "files": files}
+    return {"metrics": metrics, "curves": curves, "files": files,
+            "accuracy_averaging": "micro (correct / scored positions)"}
