@@ -28,6 +28,8 @@ def main(cfg: DictConfig) -> dict | None:
 
 
 if __name__ == "__main__":
+    if any(a.startswith("task=") for a in sys.argv[1:]):
+        fail("the task comes from the checkpoint; change its parameters with task.NAME=VALUE")
     sys.argv[1:] = open_mapping("task", sys.argv[1:])
     if not {"--multirun", "-m"} & set(sys.argv[1:]):
         check_overrides("generate", sys.argv[1:])

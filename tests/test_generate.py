@@ -348,6 +348,7 @@ def test_multirun_gives_each_checkpoint_its_own_directory(mqar_run, dfa_run, tmp
     ("learned positions", "longer than the model's learned positions (max_len=16)"),
     ("task parameter", "task 'mqar' has no parameter 'num_kv_pair'"),
     ("misspelt key", "unknown config key n_exmples (did you mean 'n_examples'?)"),
+    ("another task", "the task comes from the checkpoint; change its parameters with task.NAME=VALUE"),
 ])
 def test_bad_input_is_one_line(case, message, mqar_run, tmp_path):
     best = mqar_run / "checkpoints/best.ckpt"
@@ -362,7 +363,7 @@ def test_bad_input_is_one_line(case, message, mqar_run, tmp_path):
     elif case != "missing":
         ckpt = best
         extra = {"vocabulary": ["task.vocab_size=128"], "task parameter": ["task.num_kv_pair=2"],
-                 "misspelt key": ["n_exmples=3"]}[case]
+                 "misspelt key": ["n_exmples=3"], "another task": ["task=dfa"]}[case]
     out = tmp_path / "out"
     proc = run_module("generate", f"ckpt={ckpt}", *extra, f"hydra.run.dir={out}", timeout=120)
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
