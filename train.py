@@ -21,7 +21,7 @@ def main(cfg: DictConfig) -> dict:
     from seqicl.training.module import Diverged
 
     if in_multirun():
-        return run_isolated(cfg)
+        return run_isolated(cfg, lambda: train(validate(cfg), run_dir(cfg)))
     try:
         c = validate(cfg)
         results = train(c, run_dir(cfg))

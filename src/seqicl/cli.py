@@ -6,6 +6,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -131,6 +132,15 @@ def check_overrides(config_name: str, argv: list[str]) -> None:
     _check_writable(Path(str(cfg.hydra.run.dir)) if _has_run_dir(argv) else Path(str(cfg.paths.log_dir)))
 
 
+def open_mapping(key: str, argv: list[str]) -> list[str]:
+    """Overrides of entries of ``key``, a mapping with no fixed keys, as additions.
+
+    ``task.num_kv_pairs=8`` becomes ``++task.num_kv_pairs=8``, which Hydra accepts for a key the
+    config does not declare; what the entries may be is checked where they are used.
+    """
+    return [f"++{a}" if a.startswith(f"{key}.") and "=" in a else a for a in argv]
+
+
 def _has_run_dir(argv: list[str]) -> bool:
     return any(a.startswith("hydra.run.dir=") for a in argv)
 
@@ -153,20 +163,23 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def run_isolated(cfg: DictConfig) -> dict | None:
-    """One job of a multirun: skip it if finished; record a failure instead of ending the sweep."""
-    from seqicl.training import train
-    from seqicl.training.config import validate
+def run_isolated(cfg: DictConfig, job: Callable[[], dict], results_name: str = "results.json") -> dict | None:
+    """One job of a multirun: skip it if finished; record a failure instead of ending the sweep.
+
+    ``job`` does the work and writes ``results_name`` (with ``"status": "completed"``) in the
+    job's output directory; a failure writes that file with ``"status": "failed"`` and the error,
+    and the traceback to ``error.log``.
+    """
     from seqicl.training.run import finished_results, record_failure
 
     out = Path(run_dir(cfg))
-    previous = finished_results(out)
+    previous = finished_results(out, results_name)
     if previous is not None:
         print(f"skip (finished): {out}")
         return previous
     try:
-        return train(validate(cfg), out)
+        return job()
     except Exception as e:  # noqa: BLE001 - a sweep records every failure and goes on
-        status = record_failure(out, e)
+        status = record_failure(out, e, results_name)
         print(f"{status}: {out}: {type(e).__name__}: {e}".splitlines()[0], file=sys.stderr)
         return None

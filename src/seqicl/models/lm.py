@@ -40,6 +40,25 @@ class Block(nn.Module):
             x = x + self.state_mixer(self.norm2(x))
         return x
 
+    def init_state(self, batch_size: int, device=None, dtype=None):
+        """The sequence mixer's state before the first token (``None`` without a mixer)."""
+        if self.mixer is None:
+            return None
+        if not hasattr(self.mixer, "step"):
+            raise ConfigError(f"layer {self.mixer.layer_name!r} has no incremental decoding (init_state/step)")
+        return self.mixer.init_state(batch_size, device=device, dtype=dtype)
+
+    def step(self, x: torch.Tensor, state, token: torch.Tensor):
+        """One position ``x`` (batch, d_model) of token ``token`` (batch,) -> (output, new state)."""
+        if self.mixer is not None:
+            h = self.norm1(x)
+            y, state = (self.mixer.step(h, state, token=token) if getattr(self.mixer, "needs_tokens", False)
+                        else self.mixer.step(h, state))
+            x = x + y
+        if self.state_mixer is not None:
+            x = x + self.state_mixer(self.norm2(x)[:, None])[:, 0]
+        return x, state
+
 
 def expand_blocks(n_layers: int | None, mixer, state_mixer, blocks: Sequence | None) -> list[dict]:
     """The block list: explicit ``blocks``, or ``n_layers`` copies of (mixer, state_mixer)."""
@@ -100,6 +119,31 @@ class TokenLM(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Logits (batch, seq, vocab)."""
         return self.head(self.hidden(tokens))
+
+    # Incremental decoding: one token per call, each block carrying its sequence mixer's state.
+    # Stepping through a sequence gives the logits ``forward`` gives at every position.
+    def init_state(self, batch_size: int, device=None, dtype=None) -> dict:
+        """The state before the first token: the position and every block's mixer state."""
+        if device is None or dtype is None:
+            weight = self.embed.weight
+            device, dtype = device or weight.device, dtype or weight.dtype
+        return {"position": 0, "blocks": [block.init_state(batch_size, device=device, dtype=dtype)
+                                          for block in self.blocks]}
+
+    def step(self, token: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        """Read ``token`` (batch,) at the state's position -> (logits (batch, vocab), new state)."""
+        t = state["position"]
+        if t >= self.max_len:
+            raise ValueError(f"cannot step past the model's max_len={self.max_len}")
+        x = self.embed(token)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed.weight[t]
+        x = self.drop(x)
+        blocks = []
+        for block, block_state in zip(self.blocks, state["blocks"]):
+            x, block_state = block.step(x, block_state, token)
+            blocks.append(block_state)
+        return self.head(self.norm(x)), {"position": t + 1, "blocks": blocks}
 
 
 def weight_decay_split(model: nn.Module) -> tuple[list, list]:

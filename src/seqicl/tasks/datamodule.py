@@ -17,7 +17,7 @@ from seqicl.errors import ConfigError
 from seqicl.seeding import derive_seed, generator
 from seqicl.tasks.base import SPLITS, Task
 from seqicl.tasks.splits import (assert_disjoint, batch_size_of, batch_to, concat_batches, draw_unique,
-                                 example_hashes, index_batch)
+                                 example_hashes, index_batch, split_seed)
 
 
 class TrainBatches:
@@ -156,7 +156,7 @@ class TaskDataModule(pl.LightningDataModule):
         for split, size in sizes:
             if size is None:
                 continue
-            batch, h = draw_unique(views[split], size, derive_seed(self.seed, self.task.name, split), exclude=seen)
+            batch, h = draw_unique(views[split], size, split_seed(self.task, split, self.seed), exclude=seen)
             splits[split] = batch
             if h is not None:
                 seen = torch.cat([seen, h])

@@ -90,6 +90,17 @@ def draw_unique(task: Task, size: int, seed: int, exclude: torch.Tensor | None =
         f"ones of the {size} asked for; ask for fewer examples or make the task larger")
 
 
+def split_seed(task: Task, split: str, seed: int) -> int:
+    """The seed split ``split`` of a run with seed ``seed`` is drawn with."""
+    return derive_seed(seed, task.name, split)
+
+
+def rebuild_test_set(task: Task, test_size: int, seed: int) -> dict:
+    """The test set of a run with seed ``seed``: it is drawn first, with nothing to exclude, so
+    ``(task, test_size, seed)`` determine it."""
+    return draw_unique(task.split_view("test", seed), test_size, split_seed(task, "test", seed))[0]
+
+
 def make_splits(task: Task, train_size: int, val_size: int, test_size: int, seed: int = 0) -> dict:
     """``{"train", "val", "test"}`` batches with no example shared between splits.
 
@@ -102,7 +113,7 @@ def make_splits(task: Task, train_size: int, val_size: int, test_size: int, seed
     seen = torch.empty(0, dtype=torch.long)
     for split, size in (("test", test_size), ("val", val_size), ("train", train_size)):
         view = task.split_view(split, seed)
-        batch, h = draw_unique(view, size, derive_seed(seed, task.name, split), exclude=seen)
+        batch, h = draw_unique(view, size, split_seed(task, split, seed), exclude=seen)
         out[split] = batch
         if h is not None:
             seen = torch.cat([seen, h])

@@ -235,9 +235,9 @@ def _prepend_metrics(path: Path, earlier: list[dict]) -> None:
         writer.writerows(earlier + rows)
 
 
-def finished_results(out: Path) -> dict | None:
-    """The results of a completed run in ``out``, or None."""
-    path = out / "results.json"
+def finished_results(out: Path, name: str = "results.json") -> dict | None:
+    """The results (``out/name``) of a completed run or evaluation, or None."""
+    path = out / name
     if path.exists():
         previous = json.loads(path.read_text())
         if previous.get("status") == "completed":
@@ -245,16 +245,16 @@ def finished_results(out: Path) -> dict | None:
     return None
 
 
-def record_failure(out: Path, error: Exception) -> str:
-    """Record why a sweep's run did not complete (results.json status, error.log); return the status.
+def record_failure(out: Path, error: Exception, name: str = "results.json") -> str:
+    """Record why a sweep's job did not complete (``out/name`` status, error.log); return the status.
 
     A diverged run has already written its results.json; only a failure is recorded here.
     """
     status = "diverged" if isinstance(error, Diverged) else "failed"
     line = f"{type(error).__name__}: {error}".splitlines()[0]
-    if status == "failed" or not (out / "results.json").exists():
+    if status == "failed" or not (out / name).exists():
         out.mkdir(parents=True, exist_ok=True)
-        write_results(out, {"status": status, "error": line})
+        write_results(out, {"status": status, "error": line}, name)
         (out / "error.log").write_text("".join(traceback.format_exception(error)))
     return status
 
@@ -263,4 +263,4 @@ def write_results(out: Path, results: dict) -> None:
     """Write results.json atomically (a reader never sees half a file)."""
     tmp = out / f".results.json.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, out / "results.json")
+    os.replace(tmp, out / name)

@@ -1,0 +1,156 @@
+"""RegBench (``dfa``): strings the model writes, checked against the automaton, beside the
+teacher-forced metrics.
+
+Teacher-forced: the token evaluation of the test sequences, which includes the task's
+``eval_stats``: ``dfa_accuracy``, ``tvd`` and the in-context 2-gram and 3-gram baselines on the
+same sequences.
+
+Generation: every test sequence ``| s1 | ... | sk`` is cut after the delimiter before its last
+string, so the model has read ``k - 1`` strings of the language; it then writes a string and
+ends it with the delimiter, reading its own tokens back through incremental decoding. A string
+has at most the task's ``max_length`` letters: one without a delimiter by then is unfinished.
+Each prefix is continued twice: greedily (argmax over the vocabulary) and sampled at
+``temperature``. A generated string is accepted when it ended and each of its letters follows an
+edge of the automaton from the start state (every state is accepting, the empty string too).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from seqicl.evaluation.base import Settings, Totals, batches, register_evaluator
+from seqicl.evaluation.decode import continue_prefixes
+from seqicl.evaluation.plots import bar_panels
+from seqicl.evaluation.tokens import evaluate_tokens
+from seqicl.seeding import derive_seed, generator
+
+MODES = ("greedy", "sampled")
+
+
+def last_string_start(inputs: torch.Tensor, delimiter: int) -> torch.Tensor:
+    """(n,) the position after each row's last delimiter: where its last string begins."""
+    pos = torch.arange(inputs.shape[1], device=inputs.device)
+    return torch.where(inputs == delimiter, pos, -1).max(dim=1).values + 1
+
+
+def walk(transitions: torch.Tensor, tokens: torch.Tensor, count: torch.Tensor, delimiter: int):
+    """Check generated strings against their automata.
+
+    ``tokens`` (n, m) are generations (``count`` tokens each) and ``transitions`` (n, states,
+    letters) the next state per (state, letter), -1 for no edge. Returns ``accepted`` (ended with
+    the delimiter, every letter an edge from the start state on), ``ended`` and the number of
+    letters before the end.
+    """
+    n, m = tokens.shape
+    num_letters = transitions.shape[2]
+    rows = torch.arange(n, device=tokens.device)
+    last = tokens.gather(1, (count - 1).clamp(min=0)[:, None])[:, 0]
+    ended = (count > 0) & (last == delimiter)
+    letters = count - ended.long()
+    state = torch.zeros(n, dtype=torch.long, device=tokens.device)
+    ok = torch.ones(n, dtype=torch.bool, device=tokens.device)
+    for j in range(m):
+        active = j < letters
+        token = tokens[:, j]
+        target = transitions[rows, state, token.clamp(0, num_letters - 1)]
+        valid = (token >= 0) & (token < num_letters) & (target >= 0)
+        ok &= ~active | valid
+        state = torch.where(active & valid, target, state)
+    return ok & ended, ended, letters
+
+
+def render(tokens: list[int], task) -> str:
+    """Tokens as text: letters a, b, c ... (ids when there are more than 26), ``|`` for the delimiter."""
+    def symbol(t: int) -> str:
+        if t == task.delimiter:
+            return " | "
+        if 0 <= t < task.num_letters:
+            return chr(ord("a") + t) if task.num_letters <= 26 else f" {t} "
+        return " <pad> " if t == task.pad else f" <{t}> "
+
+    text = " ".join("".join(symbol(t) for t in tokens).split())
+    return text or "(empty)"
+
+
+def _verdict(accepted: bool, ended: bool) -> str:
+    return "accepted" if accepted else ("rejected" if ended else "unfinished")
+
+
+@register_evaluator("dfa")
+def evaluate_dfa(model: nn.Module, task, data: dict, settings: Settings) -> dict:
+    result = evaluate_tokens(model, task, data, settings)
+    totals = Totals()
+    gen = generator(derive_seed(settings.seed, "dfa sampling"), settings.device)
+    max_new = task.max_length + 1
+    samples, seen = [], 0
+    for batch in batches(data, settings):
+        inputs, n = batch["inputs"], batch["inputs"].shape[0]
+        start = last_string_start(inputs, task.delimiter)
+        temperature = torch.tensor([0.0] * n + [settings.temperature] * n, device=inputs.device)
+        tokens, count = continue_prefixes(model, inputs.repeat(2, 1), start.repeat(2), max_new, task.delimiter,
+                                          temperature, gen)
+        accepted, ended, letters = walk(batch["transitions"].repeat(2, 1, 1), tokens, count, task.delimiter)
+        for i, mode in enumerate(MODES):
+            part = slice(i * n, (i + 1) * n)
+            totals.add({f"{mode}/accepted": (accepted[part].sum(), n), f"{mode}/unfinished": ((~ended[part]).sum(), n),
+                        f"{mode}/mean_length": ((letters[part] * ended[part]).sum(), ended[part].sum())})
+        end = (inputs != task.pad).sum(dim=1)
+        totals.add({"reference/mean_length": ((end - start).sum(), n)})
+        for j in range(min(n, settings.samples - len(samples))):
+            samples.append({"example": seen + j,
+                            **_sample(task, batch, j, start[j], end[j], tokens, count, accepted, ended, n)})
+        seen += n
+    values = totals.scalars()
+    generation = {"prefixes": int(totals.sums["greedy/accepted"][1]), "max_letters": task.max_length,
+                  "temperature": settings.temperature,
+                  **{mode: {k: values[f"{mode}/{k}"] for k in ("accepted", "unfinished", "mean_length")}
+                     for mode in MODES},
+                  "reference_mean_length": values["reference/mean_length"]}
+    metrics = result["metrics"]
+    for mode in MODES:
+        metrics[f"{mode}_accepted"] = generation[mode]["accepted"]
+    result["generation"] = generation
+    result["files"].append(_plot(settings, task, metrics))
+    if samples:
+        (settings.out / "samples.txt").write_text(_samples_text(samples, settings))
+        result["files"].append("samples.txt")
+        result["samples"] = [{"example": str(s["example"]), "reference": s["reference"],
+                              **{mode: f"{s[mode]} ({s[mode + '_verdict']})" for mode in MODES}} for s in samples]
+    return result
+
+
+def _sample(task, batch: dict, j: int, start, end, tokens, count, accepted, ended, n: int) -> dict:
+    inputs = batch["inputs"][j].tolist()
+    start, end = int(start), int(end)
+    sample = {"states": int((batch["transitions"][j] >= 0).any(dim=-1).sum()),
+              "strings": inputs[:start].count(task.delimiter) - 1,
+              "context": render(inputs[:start], task), "reference": render(inputs[start:end], task)}
+    for i, mode in enumerate(MODES):
+        row = i * n + j
+        generated = tokens[row, :int(count[row]) - int(ended[row])].tolist()
+        sample[mode] = render(generated, task)
+        sample[mode + "_verdict"] = _verdict(bool(accepted[row]), bool(ended[row]))
+    return sample
+
+
+def _samples_text(samples: list[dict], settings: Settings) -> str:
+    lines = [f"Continuations of test prefixes: greedy, and sampled at temperature {settings.temperature}.",
+             "A string is accepted when it ends and the automaton has an edge for each of its letters.", ""]
+    for s in samples:
+        strings = f"{s['strings']} string{'' if s['strings'] == 1 else 's'}"
+        lines += [f"example {s['example']}: an automaton of {s['states']} states, {strings} in context",
+                  f"  context:   {s['context']}",
+                  f"  reference: {s['reference']}",
+                  *(f"  {mode + ':':<10} {s[mode]}  ({s[mode + '_verdict']})" for mode in MODES), ""]
+    return "\n".join(lines)
+
+
+def _plot(settings: Settings, task, metrics: dict) -> str:
+    def three(name: str) -> dict:
+        return {"model": metrics[name], "2-gram": metrics[f"ngram2_{name}"], "3-gram": metrics[f"ngram3_{name}"]}
+
+    return bar_panels(settings.out / "dfa_metrics.png",
+                      {"dfa accuracy (teacher-forced)": three("dfa_accuracy"), "TVD (teacher-forced)": three("tvd"),
+                       "generated strings accepted": {mode: metrics[f"{mode}_accepted"] for mode in MODES}},
+                      f"{task.name}: the model, in-context n-grams, and its generations")
