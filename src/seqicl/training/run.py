@@ -259,8 +259,8 @@ def record_failure(out: Path, error: Exception, name: str = "results.json") -> s
     return status
 
 
-def write_results(out: Path, results: dict) -> None:
-    """Write results.json atomically (a reader never sees half a file)."""
-    tmp = out / f".results.json.tmp-{os.getpid()}"
+def write_results(out: Path, results: dict, name: str = "results.json") -> None:
+    """Write ``out/name`` (results.json) atomically (a reader never sees half a file)."""
+    tmp = out / f".{name}.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(results, indent=2))
     os.replace(tmp, out / name)
