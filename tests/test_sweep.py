@@ -195,6 +195,23 @@ def test_override_list_sweep_runs_and_resumes(tmp_path):
     assert proc.returncode == 0 and "2 already finished" in proc.stdout
 
 
+def test_mad_settings_compose_and_keep_mads_epochs():
+    from hydra import compose, initialize_config_dir
+
+    from seqicl.training.config import validate
+    from seqicl.training.run import build_task
+
+    protocol = engine.load_protocol("mad")
+    settings = protocol.grid["setting"]
+    assert len(settings) == 66
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        for overrides in settings:
+            c = validate(compose("train", overrides=[*protocol.base, *overrides, "paths.output_dir=unused"]))
+            task = build_task(c["task"])
+            assert c["data"]["train_size"] == task.num_train_examples
+            assert c["trainer"]["max_steps"] * c["data"]["batch_size"] == 200 * task.num_train_examples, overrides
+
+
 # ---------------------------------------------------------------------------------------------
 # report extensions
 
