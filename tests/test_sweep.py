@@ -314,7 +314,8 @@ def test_average_over_gives_the_mean_of_the_best_runs(tmp_path):
     grid = {"setting": [["experiment=mad/a"], ["experiment=mad/a", "task.seq_len=9"], ["experiment=mad/b"]],
             "optim.lr": [0.1, 0.2]}
     rows = []
-    for setting, task, accs in [("experiment=mad/a", "a", (0.2, 0.4)), ("experiment=mad/a task.seq_len=9", "a", (0.8, 0.6)),
+    for setting, task, accs in [("experiment=mad/a", "a", (0.2, 0.4)),
+                                ("experiment=mad/a task.seq_len=9", "a", (0.8, 0.6)),
                                 ("experiment=mad/b", "b", (0.3, 0.1))]:
         for lr, acc in zip(grid["optim.lr"], accs):
             rows.append({"setting": setting, "optim.lr": lr, "task": task, "status": "completed", "run_dir": None,
