@@ -45,19 +45,22 @@ def main(argv: list[str]) -> int:
     runs = engine.expand(protocol)
     if dry or protocol.dry_run:
         for run in runs:
-            console.print(" ".join(f"{k}={v}" for k, v in run.items()))
+            console.print(" ".join(engine.run_overrides(protocol, run)), soft_wrap=True, markup=False,
+                          highlight=False)
         console.print(f"{len(runs)} runs in sweep {protocol.name} (into {protocol.out_dir})")
         return 0
-    first = [f"{k}={engine.format_value(v)}" for k, v in runs[0].items()]
-    check_overrides("train", select_layer_configs([*protocol.base, *forwarded, *first,
-                                                   f"hydra.run.dir={protocol.out_dir}"]))
+    for run in engine.first_run_per_command(protocol):
+        overrides = [*protocol.base, *forwarded, *engine.run_overrides(protocol, run)]
+        check_overrides("train", select_layer_configs([*overrides, f"hydra.run.dir={protocol.out_dir}"]))
     skipped = engine.count_finished(protocol)
     console.print(f"sweep {protocol.name}: {len(runs)} runs, {skipped} already finished, launcher {launcher}")
     code = engine.launch(protocol, forwarded, launch_args)
     report = write_report(engine.collect(protocol), protocol, skipped=skipped)
     c = report["counts"]
-    if report["table"] is not None:
-        console.print(markdown_table(report["table"]))
+    for metric, tables in report["tables"].items():
+        for title, table in tables:
+            console.print(f"{metric}, {title}:" if title else f"{metric}:", markup=False, highlight=False)
+            console.print(markdown_table(table), markup=False, highlight=False)
     console.print(f"{c['completed']}/{c['total']} completed, {c['failed']} failed, {c['diverged']} diverged, "
                   f"{c['missing']} missing, {skipped} skipped; report: {protocol.out_dir / 'report.md'}",
                   soft_wrap=True)

@@ -5,6 +5,12 @@ the grid (``grid``: an axis is a config key and its list of values; runs are the
 product), how the best run of a group is chosen (``select``, on validation only) and what the
 report shows (``report``). Each run's directory is named after its grid values, so a second
 invocation finds finished runs and skips them.
+
+An axis whose every value is a list of overrides (``key=value`` strings) changes several keys
+together: ``settings: [[task.seq_len=256], [task.vocab_size=32, trainer.max_steps=500]]`` is an
+axis of two values, each applying all of its overrides. Its name is only a label (the column of
+``results.csv``, which holds the overrides joined by spaces). Hydra sweeps one key at a time, so
+the grid is launched as one multirun per combination of such values.
 """
 
 from __future__ import annotations
@@ -25,6 +31,12 @@ ROOT = Path(__file__).resolve().parents[3]
 SWEEP_DIR = ROOT / "configs" / "sweep"
 LAUNCHER_DIR = ROOT / "configs" / "launcher"
 PROTOCOL_KEYS = {"name", "description", "dry_run", "out_dir", "base", "grid", "select", "report"}
+SECTION_KEYS = {
+    "select": {"over", "metric", "mode"},
+    "report": {"metric", "metrics", "rows", "columns", "average_over", "facet", "random_guess", "plot", "curves"},
+    "report.plot": {"x", "series", "facet", "kind", "logx", "reference"},
+    "report.curves": {"metric", "reference", "facet", "series"},
+}
 
 
 @dataclass
@@ -68,15 +80,87 @@ def load_protocol(name: str, overrides: list[str] = ()) -> Protocol:
     for axis, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"sweep {name}: grid axis {axis!r} needs a non-empty list of values")
+    _check_override_axes(name, grid)
+    _check_sections(name, c)
     return Protocol(name=c.get("name", path.stem), description=c.get("description", ""), base=list(c.get("base") or []),
                     grid=grid, select=c["select"] or {}, report=c["report"] or {}, out_dir=Path(c["out_dir"]),
                     dry_run=bool(c["dry_run"]))
+
+
+def _check_sections(name: str, c: dict) -> None:
+    """The select and report sections are strict too: a misspelt key is an error."""
+    report = c.get("report") or {}
+    sections = {"select": c.get("select"), "report": report, "report.plot": report.get("plot"),
+                "report.curves": report.get("curves")}
+    for where, section in sections.items():
+        for key in section or {}:
+            if key not in SECTION_KEYS[where]:
+                raise ConfigError(f"sweep {name}: unknown key {where}.{key}; "
+                                  f"valid keys: {', '.join(sorted(SECTION_KEYS[where]))}")
+    if "metric" in report and "metrics" in report:
+        raise ConfigError(f"sweep {name}: give report.metric or report.metrics, not both")
+    for where, required in (("report.plot", "x"), ("report.curves", "metric")):
+        if sections[where] is not None and required not in sections[where]:
+            raise ConfigError(f"sweep {name}: {where} needs {required!r}")
+
+
+def _is_override_list(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, str) and "=" in v for v in value)
+
+
+def override_axes(grid: dict) -> list[str]:
+    """The axes whose values are lists of overrides."""
+    return [axis for axis, values in grid.items() if all(_is_override_list(v) for v in values)]
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _check_override_axes(name: str, grid: dict) -> None:
+    bundled = override_axes(grid)
+    for axis in bundled:
+        sets = [frozenset(values) for values in grid[axis]]
+        if len(set(sets)) != len(sets):
+            raise ConfigError(f"sweep {name}: grid axis {axis!r} lists the same overrides twice")
+        clash = {_override_key(o) for values in grid[axis] for o in values} & set(grid)
+        if clash:
+            raise ConfigError(f"sweep {name}: grid axis {axis!r} overrides {sorted(clash)[0]!r}, which is also an axis")
+    for axis, values in grid.items():
+        if axis not in bundled and any(_is_override_list(v) for v in values):
+            raise ConfigError(f"sweep {name}: grid axis {axis!r} mixes lists of overrides with plain values")
+
+
+def value_label(value):
+    """A grid value as it appears in results.csv: a list of overrides becomes one string."""
+    return " ".join(value) if _is_override_list(value) else value
+
+
+def run_overrides(protocol: Protocol, run: dict) -> list[str]:
+    """The Hydra overrides of one run of the grid."""
+    bundled = set(override_axes(protocol.grid))
+    out = []
+    for axis, value in run.items():
+        out.extend(value if axis in bundled else [f"{axis}={format_value(value)}"])
+    return out
 
 
 def expand(protocol: Protocol) -> list[dict]:
     """Every run of the grid as ``{axis: value}``, in a fixed order."""
     axes = list(protocol.grid)
     return [dict(zip(axes, combo)) for combo in itertools.product(*(protocol.grid[a] for a in axes))]
+
+
+def first_run_per_command(protocol: Protocol) -> list[dict]:
+    """One run of each multirun that ``launch`` starts (to check its overrides beforehand)."""
+    bundled = override_axes(protocol.grid)
+    seen, out = set(), []
+    for run in expand(protocol):
+        key = tuple(tuple(run[a]) for a in bundled)
+        if key not in seen:
+            seen.add(key)
+            out.append(run)
+    return out
 
 
 def format_value(value) -> str:
@@ -112,27 +196,33 @@ def launcher_overrides(launcher: str, n_jobs: int | None = None) -> list[str]:
     return out
 
 
-def train_command(protocol: Protocol, runs: list[dict], forwarded: list[str], launcher: list[str]) -> list[str]:
-    """The ``python -m train --multirun`` command line for the whole grid."""
+def train_commands(protocol: Protocol, forwarded: list[str], launcher: list[str]) -> list[list[str]]:
+    """The ``python -m train --multirun`` command lines for the whole grid: one, or one per
+    combination of the values of the axes that are lists of overrides."""
     from seqicl.cli import select_layer_configs
 
-    sweep_args = []
-    for axis, values in protocol.grid.items():
-        sweep_args.append(f"{axis}={','.join(_quote(format_value(v)) for v in values)}")
-    # Layer configs selected by a _target_ (or plug-in name) in the base, the forwarded overrides
-    # or a grid axis are shared by every run, so they do not appear in the run directories' names.
-    n = len(protocol.base) + len(forwarded)
-    everything = select_layer_configs([*protocol.base, *forwarded, *sweep_args])
-    shared = everything[:n] + everything[n + len(sweep_args):]
+    bundled = override_axes(protocol.grid)
+    sweep_args = [f"{axis}={','.join(_quote(format_value(v)) for v in values)}"
+                  for axis, values in protocol.grid.items() if axis not in bundled]
     # Hydra matches a config-group override (layer@model.mixer=...) by its group alone (layer);
     # that excludes every override of the group, so only when no grid axis is one of them.
     grid_groups = {axis.split("@", 1)[0] for axis in protocol.grid if "@" in axis}
-    keys = {o.split("=", 1)[0].lstrip("+~") for o in shared}
-    exclude = sorted({k.split("@", 1)[0] if "@" in k and k.split("@", 1)[0] not in grid_groups else k for k in keys})
-    return [sys.executable, "-m", "train", "--multirun", *shared, *launcher, *sweep_args,
-            f"hydra.sweep.dir={protocol.out_dir / 'runs'}",
-            "hydra.sweep.subdir=${hydra.job.override_dirname}",
-            f"hydra.job.config.override_dirname.exclude_keys=[{','.join(exclude)}]"]
+    commands = []
+    for combo in itertools.product(*(protocol.grid[a] for a in bundled)):
+        varying = [*(o for overrides in combo for o in overrides), *sweep_args]
+        # Layer configs selected by a _target_ (or plug-in name) in the base or the forwarded
+        # overrides are shared by every run, so they do not appear in the run directories' names.
+        n = len(protocol.base) + len(forwarded)
+        everything = select_layer_configs([*protocol.base, *forwarded, *varying])
+        shared = everything[:n] + everything[n + len(varying):]
+        keys = {_override_key(o) for o in shared}
+        exclude = sorted({k.split("@", 1)[0] if "@" in k and k.split("@", 1)[0] not in grid_groups else k
+                          for k in keys})
+        commands.append([sys.executable, "-m", "train", "--multirun", *shared, *launcher,
+                         *everything[n:n + len(varying)], f"hydra.sweep.dir={protocol.out_dir / 'runs'}",
+                         "hydra.sweep.subdir=${hydra.job.override_dirname}",
+                         f"hydra.job.config.override_dirname.exclude_keys=[{','.join(exclude)}]"])
+    return commands
 
 
 def _quote(text: str) -> str:
@@ -140,39 +230,62 @@ def _quote(text: str) -> str:
 
 
 def launch(protocol: Protocol, forwarded: list[str], launcher: list[str]) -> int:
-    """Run the grid; finished runs are skipped by the runs themselves. Returns the exit code."""
-    runs = expand(protocol)
-    cmd = train_command(protocol, runs, forwarded, launcher)
+    """Run the grid; finished runs are skipped by the runs themselves. Returns the exit code
+    (the first non-zero one of the multiruns)."""
+    commands = train_commands(protocol, forwarded, launcher)
     protocol.out_dir.mkdir(parents=True, exist_ok=True)
-    (protocol.out_dir / "command.txt").write_text(" ".join(_shell(a) for a in cmd[1:]) + "\n")
-    return subprocess.run(cmd, cwd=ROOT).returncode
+    (protocol.out_dir / "command.txt").write_text("".join(" ".join(_shell(a) for a in cmd[1:]) + "\n"
+                                                          for cmd in commands))
+    codes = [subprocess.run(cmd, cwd=ROOT).returncode for cmd in commands]
+    return next((c for c in codes if c), 0)
 
 
 def _shell(arg: str) -> str:
     return f"'{arg}'" if any(ch in arg for ch in " ,$[]{}'") else arg
 
 
+def _parse_overrides(items) -> dict:
+    """``key=value`` overrides as ``{key: value}``; a later override of a key wins, as in Hydra."""
+    parsed = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        parsed[key.lstrip("+~")] = yaml.safe_load(value)
+    return parsed
+
+
+def _matching_overrides(choices: list[list[str]], given: dict):
+    """The most specific of ``choices`` (lists of overrides) that ``given`` applies entirely."""
+    matches = [c for c in choices if all(k in given and given[k] == v for k, v in _parse_overrides(c).items())]
+    return max(matches, key=len) if matches else None
+
+
 def _run_dirs(protocol: Protocol) -> dict[str, Path]:
     """Run directories of the sweep, keyed by the run's normalised grid values."""
+    bundled = override_axes(protocol.grid)
     found = {}
     for overrides_file in (protocol.out_dir / "runs").glob("**/.hydra/overrides.yaml"):
-        values = {}
-        for item in yaml.safe_load(overrides_file.read_text()) or []:
-            key, _, value = item.partition("=")
-            if key in protocol.grid:
-                values[key] = yaml.safe_load(value)
+        given = _parse_overrides(yaml.safe_load(overrides_file.read_text()) or [])
+        values = {key: given[key] for key in protocol.grid if key not in bundled and key in given}
+        for axis in bundled:
+            match = _matching_overrides(protocol.grid[axis], given)
+            if match is not None:
+                values[axis] = match
         if set(values) == set(protocol.grid):
             found[run_name(values)] = overrides_file.parent.parent
     return found
 
 
 def collect(protocol: Protocol) -> list[dict]:
-    """One row per grid run: its grid values, status and results (``missing`` if it never ended)."""
+    """One row per grid run: its grid values, status and results (``missing`` if it never ended).
+
+    Metrics are ``val.<name>`` and ``test.<name>``; list-valued ones (per-position curves such as
+    ``test.mse_by_k``) are kept as lists.
+    """
     dirs = _run_dirs(protocol)
     rows = []
     for run in expand(protocol):
         directory = dirs.get(run_name(run))
-        row = {**run, "run_dir": str(directory) if directory else None}
+        row = {**{k: value_label(v) for k, v in run.items()}, "run_dir": str(directory) if directory else None}
         results = directory / "results.json" if directory else None
         if results is not None and results.exists():
             r = json.loads(results.read_text())
@@ -182,8 +295,7 @@ def collect(protocol: Protocol) -> list[dict]:
                 row[key] = r.get(key)
             for split in ("val", "test"):
                 for metric, value in (r.get(split) or {}).items():
-                    if not isinstance(value, list):
-                        row[f"{split}.{metric}"] = value
+                    row[f"{split}.{metric}"] = value
         else:
             row["status"] = "missing"
         rows.append(row)

@@ -1,18 +1,45 @@
-"""Sweep reports: results.csv (one row per run), report.md (tables as in the papers), PNG plots.
+"""Sweep reports: results.csv (one row per run), curves.json (per-position curves), report.md
+(tables as in the papers) and PNG plots.
 
 Model selection happens here, on validation metrics only: within each group of runs that
 differ only in the ``select.over`` axes (e.g. the learning rate), the run with the best
-``select.metric`` is kept and its test metric reported.
+``select.metric`` is kept and its test metrics reported.
+
+The ``report`` section of a protocol:
+
+- ``metric`` (default ``test.accuracy``) or ``metrics``: a list, one set of tables and plots each;
+- ``rows``, ``columns``: grid axes or results columns (``task``, ``model``) of the tables;
+  ``average_over``: axes averaged out (after selection); ``facet``: one table per value of a key;
+- ``random_guess: true``: a "random guess" row (a column when there are no ``columns``) with each
+  run's ``task.random_guess_accuracy()``, the task rebuilt from the run's own ``.hydra/config.yaml``;
+- ``plot``: ``{x, series, facet, kind: line|bar, logx, reference}``; ``reference`` names metrics
+  drawn as horizontal dashed lines (their mean over the runs of a panel): a list for every plot, or
+  ``{metric: [references]}`` per plotted metric;
+- ``curves``: ``{metric, reference, facet, series}``: a list-valued metric (``test.mse_by_k``) drawn
+  against its position, with list-valued references (``test.baseline_least_squares_by_k``) dashed.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from seqicl.sweeps.engine import Protocol
+
+RANDOM_GUESS = "random guess"
+
+
+def report_metrics(protocol: Protocol) -> list[str]:
+    """The metrics of the report's tables and plots: ``report.metrics``, else ``[report.metric]``."""
+    rep = protocol.report
+    if rep.get("metrics"):
+        return list(rep["metrics"])
+    return [rep.get("metric", "test.accuracy")]
 
 
 def select_best(df: pd.DataFrame, protocol: Protocol) -> pd.DataFrame:
@@ -36,8 +63,22 @@ def _label(value) -> str:
     return str(value)
 
 
+def _natural(value):
+    """Sort key: numbers by value, text with its digit runs as numbers (``mqar_zoology_64`` before
+    ``mqar_zoology_128``)."""
+    if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+        return (0, float(value), [])
+    return (1, 0.0, [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", str(value))])
+
+
+def _facet_values(df: pd.DataFrame, facet: str | None) -> list:
+    if not facet or facet not in df:
+        return [None]
+    return sorted(df[facet].dropna().unique(), key=_natural)
+
+
 def markdown_table(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
-    cols = [str(c) for c in df.columns]
+    cols = [" / ".join(_label(c) for c in col) if isinstance(col, tuple) else _label(col) for col in df.columns]
     index_name = " / ".join(str(n) for n in df.index.names if n) or ""
     lines = [f"| {index_name} | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for idx, row in df.iterrows():
@@ -48,13 +89,45 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
                 cells.append("–" if math.isnan(v) else format(v, floatfmt))
             else:
                 cells.append(str(v))
-        lines.append("| " + " / ".join(_label(i) for i in idx) + " | " + " | ".join(cells) + " |")
+        lines.append("| " + " / ".join(_label(i) for i in idx if i != "") + " | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def summary_table(best: pd.DataFrame, protocol: Protocol) -> pd.DataFrame | None:
+def random_guess_accuracy(run_dir, cache: dict | None = None) -> float:
+    """The accuracy of guessing at random on the task of a run, rebuilt from the run's own
+    ``.hydra/config.yaml``; NaN when the run has no config or the task has no such accuracy."""
+    from omegaconf import OmegaConf
+
+    from seqicl.training.run import build_task
+
+    if not isinstance(run_dir, (str, Path)) or not (Path(run_dir) / ".hydra" / "config.yaml").exists():
+        return math.nan
+    path = Path(run_dir) / ".hydra" / "config.yaml"
+    task_cfg = OmegaConf.to_container(OmegaConf.load(path).task, resolve=True)
+    key = json.dumps(task_cfg, sort_keys=True)
+    if cache is not None and key in cache:
+        return cache[key]
+    try:
+        value = float(build_task(task_cfg).random_guess_accuracy())
+    except (NotImplementedError, AttributeError):
+        value = math.nan
+    if cache is not None:
+        cache[key] = value
+    return value
+
+
+def _with_random_guess(best: pd.DataFrame) -> pd.DataFrame:
+    cache: dict = {}
+    out = best.copy()
+    out[RANDOM_GUESS] = [random_guess_accuracy(d, cache) for d in out["run_dir"]]
+    return out
+
+
+def summary_table(best: pd.DataFrame, protocol: Protocol, metric: str | None = None) -> pd.DataFrame | None:
+    """One table of ``metric`` (the report's first by default): rows x columns, averaged over
+    ``average_over``; with ``random_guess``, a random-guess row (or column)."""
     rep = protocol.report
-    metric = rep.get("metric", "test.accuracy")
+    metric = metric or report_metrics(protocol)[0]
     rows, cols = rep.get("rows", []), rep.get("columns", [])
     if best.empty or metric not in best or not rows:
         return None
@@ -64,60 +137,193 @@ def summary_table(best: pd.DataFrame, protocol: Protocol) -> pd.DataFrame | None
         keep = [k for k in [*rows, *cols] if k not in average]
         data = data.groupby(keep, dropna=False)[metric].mean().reset_index()
     if cols:
-        return data.pivot_table(index=rows, columns=cols, values=metric, aggfunc="mean")
-    return data.groupby(rows, dropna=False)[metric].mean().to_frame(metric)
+        table = data.pivot_table(index=rows, columns=cols, values=metric, aggfunc="mean")
+    else:
+        table = data.groupby(rows, dropna=False)[metric].mean().to_frame(metric)
+    if rep.get("random_guess"):
+        guess = _with_random_guess(best)
+        if cols:
+            row = guess.groupby(cols, dropna=False)[RANDOM_GUESS].mean().reindex(table.columns)
+            label = RANDOM_GUESS if len(rows) == 1 else (RANDOM_GUESS, *[""] * (len(rows) - 1))
+            extra = pd.DataFrame([row.to_numpy()], columns=table.columns,
+                                 index=pd.Index([label]) if len(rows) == 1 else pd.MultiIndex.from_tuples([label]))
+            extra.index.names = table.index.names
+            table = pd.concat([table, extra])
+        else:
+            table[RANDOM_GUESS] = guess.groupby(rows, dropna=False)[RANDOM_GUESS].mean().reindex(table.index)
+    return table
+
+
+def summary_tables(best: pd.DataFrame, protocol: Protocol, metric: str) -> list[tuple[str | None, pd.DataFrame]]:
+    """The tables of ``metric``: one per value of ``report.facet`` (titled ``facet=value``), or one."""
+    facet = protocol.report.get("facet")
+    out = []
+    for value in _facet_values(best, facet):
+        sub = best if value is None else best[best[facet] == value]
+        table = summary_table(sub, protocol, metric)
+        if table is not None:
+            out.append((None if value is None else f"{facet}={_label(value)}", table))
+    return out
+
+
+def _references(spec: dict, metric: str) -> list[str]:
+    ref = spec.get("reference") or []
+    return list(ref.get(metric, [])) if isinstance(ref, dict) else list(ref)
+
+
+def _reference_values(df: pd.DataFrame, refs: list[str]) -> dict[str, float]:
+    """Each reference metric's mean over the runs of ``df`` (those that report it)."""
+    values = {}
+    for ref in refs:
+        if ref in df:
+            v = pd.to_numeric(df[ref], errors="coerce").mean()
+            if not math.isnan(v):
+                values[ref] = float(v)
+    return values
+
+
+REFERENCE_STYLES = ["--", ":", "-.", (0, (5, 2, 1, 2))]
+
+
+def _plot_path(protocol: Protocol, out: Path, metric: str, suffix: str = "") -> Path:
+    several = len(report_metrics(protocol)) > 1
+    stem = protocol.name + (f"_{metric.replace('.', '_')}" if several else "") + suffix
+    return out / f"{stem}.png"
 
 
 def plot(best: pd.DataFrame, protocol: Protocol, out: Path) -> list[Path]:
+    """One figure per report metric: ``plot.x`` against the metric, a panel per ``plot.facet``
+    value, a line (or bar) per ``plot.series`` value, reference metrics as dashed lines."""
+    spec = protocol.report.get("plot")
+    if not spec or best.empty:
+        return []
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    spec = protocol.report.get("plot")
-    metric = protocol.report.get("metric", "test.accuracy")
-    if not spec or best.empty or metric not in best:
-        return []
+    paths = []
     x, series, facet = spec["x"], spec.get("series"), spec.get("facet")
-    facets = sorted(best[facet].dropna().unique(), key=str) if facet else [None]
-    fig, axes = plt.subplots(1, len(facets), figsize=(4 * len(facets), 3.4), squeeze=False, sharey=True)
+    for metric in report_metrics(protocol):
+        if metric not in best:
+            continue
+        refs = _references(spec, metric)
+        facets = _facet_values(best, facet)
+        fig, axes = plt.subplots(1, len(facets), figsize=(4 * len(facets), 3.4), squeeze=False, sharey=True)
+        for ax, fv in zip(axes[0], facets):
+            sub = best if fv is None else best[best[facet] == fv]
+            groups = sub.groupby(series, dropna=False) if series else [(None, sub)]
+            for name, g in groups:
+                g = g.groupby(x)[metric].mean()
+                g = g.reindex(sorted(g.index, key=_natural))
+                if spec.get("kind", "line") == "bar":
+                    ax.bar([_label(v) for v in g.index], g.values, label=None if name is None else _label(name),
+                           alpha=0.7)
+                else:
+                    ax.plot(g.index, g.values, marker="o", label=None if name is None else _label(name))
+            for i, (ref, value) in enumerate(_reference_values(sub, refs).items()):
+                ax.axhline(value, color="0.3", linewidth=1, linestyle=REFERENCE_STYLES[i % len(REFERENCE_STYLES)],
+                           label=ref)
+            if spec.get("logx"):
+                ax.set_xscale("log", base=2)
+            ax.set_xlabel(x)
+            ax.set_title(f"{facet}={_label(fv)}" if fv is not None else protocol.name, fontsize=9)
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel(metric)
+        if series or refs:
+            axes[0][-1].legend(fontsize=7, loc="best")
+        fig.tight_layout()
+        path = _plot_path(protocol, out, metric)
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def _mean_curve(values) -> np.ndarray | None:
+    """The element-wise mean of list-valued metrics (``None`` entries are missing points)."""
+    curves = [np.array([np.nan if v is None else v for v in c], dtype=float) for c in values if isinstance(c, list)]
+    if not curves:
+        return None
+    length = max(len(c) for c in curves)
+    stacked = np.full((len(curves), length), np.nan)
+    for i, c in enumerate(curves):
+        stacked[i, :len(c)] = c
+    with np.errstate(all="ignore"):
+        counts = np.sum(~np.isnan(stacked), axis=0)
+        return np.where(counts > 0, np.nansum(stacked, axis=0) / np.maximum(counts, 1), np.nan)
+
+
+def plot_curves(best: pd.DataFrame, protocol: Protocol, out: Path) -> list[Path]:
+    """``curves.metric`` (a list per run) against its position k, a panel per ``curves.facet``
+    value, a line per ``curves.series`` value; ``curves.reference`` curves dashed."""
+    spec = protocol.report.get("curves")
+    if not spec or best.empty or spec["metric"] not in best:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric, series, facet = spec["metric"], spec.get("series"), spec.get("facet")
+    refs = list(spec.get("reference") or [])
+    facets = _facet_values(best, facet)
+    fig, axes = plt.subplots(1, len(facets), figsize=(4 * len(facets), 3.4), squeeze=False)
     for ax, fv in zip(axes[0], facets):
         sub = best if fv is None else best[best[facet] == fv]
         groups = sub.groupby(series, dropna=False) if series else [(None, sub)]
         for name, g in groups:
-            g = g.groupby(x)[metric].mean().sort_index()
-            kind = spec.get("kind", "line")
-            if kind == "bar":
-                ax.bar([_label(v) for v in g.index], g.values, label=_label(name), alpha=0.7)
-            else:
-                ax.plot(g.index, g.values, marker="o", label=None if name is None else _label(name))
-        if spec.get("logx"):
-            ax.set_xscale("log", base=2)
-        ax.set_xlabel(x)
+            curve = _mean_curve(g[metric])
+            if curve is not None:
+                ax.plot(np.arange(len(curve)), curve, label=metric if name is None else _label(name))
+        for i, ref in enumerate(refs):
+            curve = _mean_curve(sub[ref]) if ref in sub else None
+            if curve is not None:
+                ax.plot(np.arange(len(curve)), curve, color="0.3", linewidth=1,
+                        linestyle=REFERENCE_STYLES[i % len(REFERENCE_STYLES)], label=ref)
+        ax.set_xlabel("k (in-context examples)")
         ax.set_title(f"{facet}={_label(fv)}" if fv is not None else protocol.name, fontsize=9)
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="best")
     axes[0][0].set_ylabel(metric)
-    if series:
-        axes[0][-1].legend(fontsize=7, loc="best")
     fig.tight_layout()
-    path = out / f"{protocol.name}.png"
+    path = out / f"{protocol.name}_curves.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return [path]
 
 
+def _list_columns(df: pd.DataFrame) -> list[str]:
+    return [c for c in df.columns if df[c].map(lambda v: isinstance(v, list)).any()]
+
+
+def write_curves(df: pd.DataFrame, protocol: Protocol, path: Path) -> None:
+    """curves.json: per run, its grid values, status and every list-valued metric."""
+    lists = _list_columns(df)
+    keys = [*protocol.grid, "run_dir", "status"]
+    records = [{k: row[k] for k in [*keys, *lists] if isinstance(row[k], list) or not pd.isna(row[k])}
+               for _, row in df.iterrows()]
+    path.write_text(json.dumps(records, indent=1))
+
+
 def write_report(rows: list[dict], protocol: Protocol, skipped: int = 0) -> dict:
-    """Write results.csv, report.md and plots into the sweep directory; return the counts."""
+    """Write results.csv, curves.json (when runs report list-valued metrics), report.md and plots
+    into the sweep directory; return the counts, the tables (per metric, titled) and the plots."""
     out = protocol.out_dir
     out.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(rows)
-    df.to_csv(out / "results.csv", index=False)
+    lists = _list_columns(df)
+    df.drop(columns=lists).to_csv(out / "results.csv", index=False)
+    if lists:
+        write_curves(df, protocol, out / "curves.json")
     counts = {s: int((df["status"] == s).sum()) for s in ("completed", "failed", "diverged", "missing")}
     counts["total"] = len(df)
     counts["skipped"] = skipped
     best = select_best(df, protocol)
-    table = summary_table(best, protocol)
+    metrics = report_metrics(protocol)
+    tables = {metric: summary_tables(best, protocol, metric) for metric in metrics}
     plots = plot(best, protocol, out)
+    curves = plot_curves(best, protocol, out)
     lines = [f"# Sweep `{protocol.name}`", ""]
     if protocol.description:
         lines += [protocol.description.strip(), ""]
@@ -125,12 +331,28 @@ def write_report(rows: list[dict], protocol: Protocol, skipped: int = 0) -> dict
               f"{counts['diverged']} diverged, {counts['missing']} missing; {skipped} were already finished "
               "and skipped).", ""]
     sel = protocol.select
+    shown = ", ".join(f"`{m}`" for m in metrics)
     if sel.get("over"):
         lines += [f"Best over {', '.join(sel['over'])} chosen on `{sel.get('metric', 'val.accuracy')}` "
-                  f"(validation); the table shows `{protocol.report.get('metric', 'test.accuracy')}`.", ""]
-    if table is not None:
-        lines += [markdown_table(table), ""]
-    for p in plots:
+                  f"(validation); the tables show {shown}.", ""]
+    if protocol.report.get("average_over"):
+        lines += [f"Tables average over {', '.join(protocol.report['average_over'])}.", ""]
+    spec = protocol.report.get("plot") or {}
+    for metric in metrics:
+        if len(metrics) > 1:
+            lines += [f"## `{metric}`", ""]
+        for title, table in tables[metric]:
+            if title is not None:
+                lines += [f"### {title}", ""]
+            lines += [markdown_table(table), ""]
+        refs = _reference_values(best, _references(spec, metric))
+        if refs:
+            lines += ["Reference lines (mean over the runs shown): "
+                      + ", ".join(f"`{k}` {v:.3f}" for k, v in refs.items()) + ".", ""]
+        for p in plots:
+            if p == _plot_path(protocol, out, metric):
+                lines += [f"![{p.stem}]({p.name})", ""]
+    for p in curves:
         lines += [f"![{p.stem}]({p.name})", ""]
     bad = df[df["status"].isin(["failed", "diverged"])]
     if not bad.empty:
@@ -139,4 +361,4 @@ def write_report(rows: list[dict], protocol: Protocol, skipped: int = 0) -> dict
             lines.append(f"- `{Path(str(r['run_dir'])).name}`: {r['status']}: {r.get('error')}")
         lines.append("")
     (out / "report.md").write_text("\n".join(lines))
-    return {"counts": counts, "table": table, "plots": plots}
+    return {"counts": counts, "tables": tables, "plots": [*plots, *curves]}
