@@ -131,7 +131,7 @@ def test_setting_a_slots_target_or_name_selects_its_layer_config():
 def test_a_sweep_shares_the_selected_layer_config(tmp_path):
     protocol = engine.Protocol(name="p", description="", base=["model.mixer._target_=a.B"],
                                grid={"optim.lr": [0.1, 0.2]}, select={}, report={}, out_dir=tmp_path)
-    cmd = engine.train_command(protocol, engine.expand(protocol), [], [])
+    [cmd] = engine.train_commands(protocol, [], [])
     assert "layer@model.mixer=custom" in cmd
     exclude = next(a for a in cmd if a.startswith("hydra.job.config.override_dirname.exclude_keys="))
     assert "layer" in exclude.split("=", 1)[1].strip("[]").split(",")  # Hydra excludes group overrides by group
