@@ -173,6 +173,15 @@ class _FormulaTask(BooleanTask):
         if self.n_dims < self.min_literals:
             raise ConfigError(f"n_dims={n_dims} is too small: {self.name} needs terms of at least "
                               f"{self.min_literals} literals")
+        # Terms with fewer than min_literals literals are redrawn: refuse settings where that
+        # almost never succeeds, instead of failing later while sampling.
+        q = 1.0 - self.p_literal
+        too_few = sum(math.comb(self.n_dims, j) * self.p_literal ** j * q ** (self.n_dims - j)
+                      for j in range(self.min_literals))
+        if 1.0 - too_few < 0.05:
+            raise ConfigError(f"p_literal={p_literal} is too small for n_dims={n_dims}: a term gets at least "
+                              f"{self.min_literals} literals with probability {1.0 - too_few:.2g}; "
+                              f"use p_literal >= {self.min_literals / self.n_dims:.2g} or so")
 
     def _formula(self, function: dict) -> torch.Tensor:
         f = function[self.key]
