@@ -99,8 +99,11 @@ def benchmark(make_model_fn: Callable, protocol: str = "mad", out_dir: str | Pat
             warnings.warn(f"{status}: {out}: {type(e).__name__}: {e}".splitlines()[0], stacklevel=2)
     rows = engine.collect(spec)
     report = write_report(rows, spec, skipped=skipped)
-    if report["table"] is not None:
-        return report["table"]
+    tables = next(iter(report["tables"].values()), [])  # the protocol's first reported metric
+    if len(tables) == 1:
+        return tables[0][1]
+    if tables:  # one table per facet value: stacked, the facet as the outer index level
+        return pd.concat({title: table for title, table in tables})
     return select_best(pd.DataFrame(rows), spec)
 
 
