@@ -34,8 +34,26 @@ class MLP(nn.Module):
         return self.drop(self.fc2(self.act(self.fc1(x))))
 
 
+class GatedFFN(nn.Module):
+    """The shared shape of the gated feed-forward layers: W_down combine(W_in x), the input
+    projection giving two halves of width ``expand * d_model`` that ``combine`` merges."""
+
+    def __init__(self, d_model: int, expand: float, dropout: float, bias: bool):
+        super().__init__()
+        hidden = _hidden(d_model, expand)
+        self.proj = nn.Linear(d_model, 2 * hidden, bias=bias)
+        self.down = nn.Linear(hidden, d_model, bias=bias)
+        self.drop = nn.Dropout(dropout)
+
+    def combine(self, first, second):
+        raise NotImplementedError
+
+    def forward(self, x):
+        return self.drop(self.down(self.combine(*self.proj(x).chunk(2, dim=-1))))
+
+
 @register("swiglu", kind="state")
-class SwiGLU(nn.Module):
+class SwiGLU(GatedFFN):
     """SwiGLU feed-forward (Shazeer 2020): W2 (silu(W1 x) * W3 x), hidden ``expand * d_model``.
 
     The default expansion 8/3 gives about the parameter count of an MLP with expansion 4.
@@ -43,12 +61,7 @@ class SwiGLU(nn.Module):
 
     def __init__(self, d_model: int, max_len: int, expand: float = 8 / 3, dropout: float = 0.0,
                  bias: bool = False):
-        super().__init__()
-        hidden = _hidden(d_model, expand)
-        self.gate_up = nn.Linear(d_model, 2 * hidden, bias=bias)
-        self.down = nn.Linear(hidden, d_model, bias=bias)
-        self.drop = nn.Dropout(dropout)
+        super().__init__(d_model, expand, dropout, bias)
 
-    def forward(self, x):
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
-        return self.drop(self.down(F.silu(gate) * up))
+    def combine(self, gate, up):
+        return F.silu(gate) * up
