@@ -4,7 +4,7 @@ import torch
 
 import seqicl.tasks as tasks
 from seqicl.seeding import derive_seed
-from seqicl.tasks.datamodule import TaskDataModule, TrainBatches
+from seqicl.tasks.datamodule import Prefetched, TaskDataModule, TrainBatches
 
 
 def test_derive_seed_is_stable():
@@ -61,3 +61,25 @@ def test_online_stream_never_serves_validation_or_test_examples():
     assert len(served) == 20 * 32
     assert not held & set(served)
     assert len(set(served)) > 5
+
+
+def test_prefetched_stream_serves_the_same_batches_and_resumes():
+    task = tasks.build("mqar", vocab_size=32, seq_len=16, num_kv_pairs=2)
+    plain = TrainBatches(task, 4, seed=3, steps_per_epoch=3)
+    expected = [b["inputs"] for _ in range(2) for b in plain]
+    ahead = Prefetched(TrainBatches(task, 4, seed=3, steps_per_epoch=3), pin=False)
+    served = []
+    for _ in range(2):
+        served += [b["inputs"] for b in ahead]
+    assert len(served) == len(expected) == 6
+    assert all(torch.equal(a, b) for a, b in zip(served, expected))
+    # Stop after 4 batches (the next one already drawn in the background), save, and resume.
+    first = Prefetched(TrainBatches(task, 4, seed=3, steps_per_epoch=3), pin=False)
+    it = iter(first)
+    taken = [next(it)["inputs"] for _ in range(3)] + [next(iter(first))["inputs"]]
+    state = first.state_dict()
+    resumed = Prefetched(TrainBatches(task, 4, seed=3, steps_per_epoch=3), pin=False)
+    resumed.load_state_dict(state)
+    rest = [b["inputs"] for b in resumed]
+    assert all(torch.equal(a, b) for a, b in zip(taken + rest, expected))
+    assert len(taken + rest) == 6

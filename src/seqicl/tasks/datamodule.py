@@ -10,6 +10,8 @@ validation or test set. A task with a curriculum is also given the training step
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import lightning.pytorch as pl
 import torch
 
@@ -17,7 +19,7 @@ from seqicl.errors import ConfigError
 from seqicl.seeding import derive_seed, generator
 from seqicl.tasks.base import SPLITS, Task
 from seqicl.tasks.splits import (assert_disjoint, batch_size_of, batch_to, concat_batches, draw_unique,
-                                 example_hashes, index_batch, split_seed)
+                                 example_hashes, index_batch, pin_memory, split_seed)
 
 
 class TrainBatches:
@@ -89,6 +91,52 @@ class TrainBatches:
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+
+
+class Prefetched:
+    """Serves a ``TrainBatches`` stream one batch ahead.
+
+    While the accelerator trains on batch i, a background thread draws batch i + 1 on the CPU
+    into pinned memory (``pin``), so that its copy to the device is asynchronous. The batches, their
+    order and the resumable position (``state_dict``: the batches handed out) are the wrapped
+    stream's.
+    """
+
+    def __init__(self, batches: TrainBatches, pin: bool = True):
+        self.batches, self.pin = batches, pin
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seqicl-prefetch")
+        self._ahead: tuple[tuple[int, int], Future] | None = None
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        iter(self.batches)
+        return self
+
+    def _submit(self, epoch: int, i: int) -> Future:
+        def draw():
+            batch = self.batches.batch(epoch, i)
+            return pin_memory(batch) if self.pin else batch
+
+        return self._pool.submit(draw)
+
+    def __next__(self) -> dict:
+        b = self.batches
+        if b.pos >= b.length:
+            raise StopIteration
+        key = (b.epoch, b.pos)
+        future = self._ahead[1] if self._ahead is not None and self._ahead[0] == key else self._submit(*key)
+        b.pos += 1
+        self._ahead = ((b.epoch, b.pos), self._submit(b.epoch, b.pos)) if b.pos < b.length else None
+        return future.result()
+
+    def state_dict(self) -> dict:
+        return self.batches.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batches.load_state_dict(state)
+        self._ahead = None
 
 
 class EvalBatches:
@@ -173,7 +221,10 @@ class TaskDataModule(pl.LightningDataModule):
                                           exclude=exclude, device=stream_device)
 
     def train_dataloader(self):
-        return self.train_batches
+        stream = self.train_batches
+        if stream.data is None and stream.device.type == "cpu" and self._device().type == "cuda":
+            return Prefetched(stream)
+        return stream
 
     def _eval_batches(self, split: str) -> "EvalBatches":
         return EvalBatches(self.splits[split], self.eval_batch_size)

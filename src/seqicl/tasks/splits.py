@@ -31,6 +31,11 @@ def batch_to(batch: dict, device) -> dict:
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
+def pin_memory(batch: dict) -> dict:
+    """The batch with its tensors in page-locked memory (asynchronous copies to a GPU)."""
+    return {k: (v.pin_memory() if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
 def example_hashes(batch: dict) -> torch.Tensor | None:
     """A 64-bit content hash per example over all its integer tensors (None for float-only tasks).
 

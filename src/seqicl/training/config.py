@@ -13,6 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 from seqicl.errors import ConfigError
 from seqicl.plugins import check_module_names
 
+# ``compile``: off, torch.compile's default mode (true), or one of its named modes.
+COMPILE_MODES = (False, None, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 TOP_LEVEL = {"name", "seed", "ckpt_path", "compile", "imports", "task", "model", "data", "optim", "scheduler",
              "trainer", "callbacks", "logger", "paths"}
 SECTIONS = {
@@ -62,6 +64,8 @@ def validate(cfg: DictConfig) -> dict:
     check_keys("model", c["model"], MODEL_KEYS)
     check_keys("trainer", c["trainer"], trainer_keys())
     c["imports"] = check_module_names(c.get("imports"))
+    if c.get("compile") not in COMPILE_MODES:
+        raise ConfigError(f"compile must be one of {', '.join(map(str, COMPILE_MODES))}, got {c.get('compile')!r}")
     if "name" not in c["task"]:
         raise ConfigError("config key task.name is missing")
     if not isinstance(c["trainer"].get("max_steps"), int) or c["trainer"]["max_steps"] < 1:

@@ -80,10 +80,11 @@ class SeqICLModule(pl.LightningModule):
         The flag stays on the device, so only every ``divergence_check_every`` steps does the
         host wait for it.
         """
-        step = torch.tensor(self.global_step, device=loss.device)
         bad = ~torch.isfinite(loss.detach())
         if self._first_bad_step is None:
             self._first_bad_step = torch.full((), -1, device=loss.device, dtype=torch.long)
+        # A fill, not a host-to-device copy of the step number: the copy would wait for the GPU.
+        step = torch.full_like(self._first_bad_step, self.global_step)
         self._first_bad_step = torch.where(bad & (self._first_bad_step < 0), step, self._first_bad_step)
         if loss.device.type == "cpu" or self.global_step % self.divergence_check_every == 0:
             self.check_divergence()
@@ -151,6 +152,23 @@ class SeqICLModule(pl.LightningModule):
     def on_test_epoch_end(self):
         self._eval_end("test")
 
+    def _grad_scaler(self):
+        if self._trainer is None:
+            return None
+        return getattr(self.trainer.precision_plugin, "scaler", None)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Clip by the global norm with the foreach kernels, without a host sync.
+
+        Lightning's own path refuses fused optimizers even when no gradient scaler is involved;
+        with a scaler (fp16) its path, which unscales first, is used.
+        """
+        if not gradient_clip_val or self._grad_scaler() is not None or gradient_clip_algorithm not in (None, "norm"):
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+
     def configure_optimizers(self):
         cfg = self.optim_cfg
         if cfg.get("name", "adamw") != "adamw":
@@ -158,9 +176,10 @@ class SeqICLModule(pl.LightningModule):
         decay, no_decay = weight_decay_split(self.model)
         groups = [{"params": decay, "weight_decay": cfg["weight_decay"]},
                   {"params": no_decay, "weight_decay": 0.0}]
-        # Lightning cannot clip the gradients of a fused optimizer under mixed precision.
-        clipping = bool(self.trainer.gradient_clip_val) if self._trainer is not None else False
-        fused = bool(cfg.get("fused")) and self.device.type == "cuda" and not clipping
+        # Under a gradient scaler (fp16) a fused optimizer unscales inside its step, after clipping
+        # would have seen scaled gradients; without one (bf16, fp32) clipping is done here, see
+        # configure_gradient_clipping.
+        fused = bool(cfg.get("fused")) and self.device.type == "cuda" and not self._grad_scaler()
         opt = torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]), eps=cfg["eps"],
                                 fused=fused or None)
         sc = self.sched_cfg
