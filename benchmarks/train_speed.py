@@ -1,6 +1,6 @@
 """Training speed of the seed-000 MQAR recipe through ``python -m train``.
 
-    python benchmarks/train_speed.py [--trainer gpu] [--variants base device_data compile]
+    python benchmarks/train_speed.py [--trainer gpu] [--variants base device_data compile cuda_graphs ...]
 
 For each variant: time to 98% validation accuracy (the recipe stops there), the test accuracy
 of the best checkpoint, the whole command's wall time (start-up included), and throughput
@@ -24,6 +24,8 @@ VARIANTS = {
     "base": [],
     "device_data": ["data.generate_on_device=true"],
     "compile": ["compile=true"],
+    "cuda_graphs": ["compile=reduce-overhead"],
+    "cuda_graphs_device_data": ["compile=reduce-overhead", "data.generate_on_device=true"],
 }
 
 

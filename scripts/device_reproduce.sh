@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Run reproduction sweeps on a lent GPU machine and collect their reports in $OUT/results/.
+#
+#   bash scripts/device_reproduce.sh JOB [JOB ...]
+#
+# Each JOB is "OUTNAME:SWEEP:N_JOBS[:override ...]" (overrides separated by spaces inside one
+# quoted argument) and runs `python -m sweep sweep=SWEEP trainer=gpu launcher=joblib n_jobs=N_JOBS`
+# into /tmp/sweeps/OUTNAME; all JOBs run at the same time on the one GPU. A JOB "train:OUTNAME:..."
+# runs a single `python -m train trainer=gpu ...` instead. The reports (report.md, results.csv,
+# curves.json, plots, command lines) and every run's results.json and metrics.csv are copied to
+# $OUT/results/OUTNAME; checkpoints stay behind.
+set -uo pipefail
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT/results"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/device.txt"
+date -u +%FT%TZ >> "$OUT/device.txt"
+
+collect() {
+  local name=$1 src=$2 dst=$OUT/results/$1
+  mkdir -p "$dst"
+  find "$src" -maxdepth 1 -type f \( -name '*.md' -o -name '*.csv' -o -name '*.json' -o -name '*.png' -o -name '*.txt' \) \
+    -exec cp {} "$dst"/ \;
+  find "$src" -name results.json -o -name metrics.csv -o -name generate.json | while read -r f; do
+    rel=${f#"$src"/}; mkdir -p "$dst/$(dirname "$rel")"; cp "$f" "$dst/$rel"
+  done
+}
+
+pids=()
+for job in "$@"; do
+  IFS=: read -r kind rest <<<"$job"
+  if [[ $kind == train ]]; then
+    IFS=: read -r name overrides <<<"$rest"
+    ( start=$(date +%s)
+      # shellcheck disable=SC2086
+      python3 -m train trainer=gpu callbacks.progress_bar=none hydra.run.dir=/tmp/sweeps/$name $overrides \
+        >"$OUT/$name.log" 2>&1
+      echo "exit $? after $(( $(date +%s) - start )) s" >>"$OUT/$name.log"
+      collect "$name" /tmp/sweeps/$name ) &
+  else
+    IFS=: read -r sweep n_jobs overrides <<<"$rest"
+    name=$kind
+    ( start=$(date +%s)
+      # shellcheck disable=SC2086
+      python3 -m sweep sweep="$sweep" trainer=gpu launcher=joblib n_jobs="$n_jobs" \
+        sweep.out_dir=/tmp/sweeps/$name $overrides >"$OUT/$name.log" 2>&1
+      echo "exit $? after $(( $(date +%s) - start )) s" >>"$OUT/$name.log"
+      collect "$name" /tmp/sweeps/$name ) &
+  fi
+  pids+=($!)
+done
+wait "${pids[@]}"
+nvidia-smi --query-gpu=memory.used --format=csv,noheader >>"$OUT/device.txt"
