@@ -25,7 +25,8 @@ inputs' common dtype; decays go in at least float32.
 
 ``*_unsupported`` functions give the reason a kernel cannot take given sizes and dtype, or None.
 Only sizes these kernels are used at in fla's own tests are accepted (head and feature sizes
-powers of two from 16); anything else goes to the reference. ``unavailable(x)`` says why fla
+powers of two from 16), and float32 only where the kernel multiplies in full precision or torch
+is allowed TF32 matmuls; anything else goes to the reference. ``unavailable(x)`` says why fla
 cannot run on ``x`` at all (not installed, not on CUDA). A layer picks its path with ``use_fla``,
 which records it in the layer's ``last_path`` (``"fla"`` or ``"torch"``).
 
@@ -143,8 +144,15 @@ def work_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return functools.reduce(torch.promote_types, (t.dtype for t in tensors))
 
 
-def _dtype_unsupported(dtype: torch.dtype, allowed=(torch.float32, *HALF)) -> str | None:
-    return None if dtype in allowed else f"fla's kernel does not take {str(dtype).replace('torch.', '')}"
+def _dtype_unsupported(dtype: torch.dtype, allowed=(torch.float32, *HALF), tf32: bool = True) -> str | None:
+    """Why a kernel does not take ``dtype``. A kernel whose products use Triton's default precision
+    (``tf32``) multiplies float32 in TF32; it takes float32 only where torch may do the same
+    (``torch.backends.cuda.matmul.allow_tf32``, off by default)."""
+    if dtype not in allowed:
+        return f"fla's kernel does not take {str(dtype).replace('torch.', '')}"
+    if tf32 and dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "fla's kernel multiplies float32 in TF32 and torch.backends.cuda.matmul.allow_tf32 is off"
+    return None
 
 
 def _size_unsupported(label: str, n: int, high: int, low: int = 16) -> str | None:
@@ -285,8 +293,9 @@ def delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Te
 
 
 def based_unsupported(feature_dim: int, value_dim: int, dtype: torch.dtype) -> str | None:
-    """The parallel kernels take q/k widths up to 128 in one block (NK == 1); values any width."""
-    return _first(_dtype_unsupported(dtype), _size_unsupported("feature dim", feature_dim, 128),
+    """The parallel kernels take q/k widths up to 128 in one block (NK == 1) and multiply in full
+    float32 precision (allow_tf32=False)."""
+    return _first(_dtype_unsupported(dtype, tf32=False), _size_unsupported("feature dim", feature_dim, 128),
                   _size_unsupported("value dim", value_dim, 256))
 
 

@@ -25,8 +25,8 @@ class GLA(nn.Module):
     the recurrence. The 1/sqrt(d_k) query scale is the usual attention scaling.
 
     ``impl``: ``"auto"`` runs the forward through fla's ``chunk_gla`` where it can (CUDA, head
-    sizes powers of two in [16, 256]), else the chunkwise reference; ``"torch"`` always the
-    reference; ``"fla"`` fla or an error.
+    sizes powers of two in [16, 256], float32 only with TF32 matmuls allowed), else the chunkwise
+    reference; ``"torch"`` always the reference; ``"fla"`` fla or an error.
     """
 
     def __init__(self, d_model: int, max_len: int, n_heads: int = 4, expand_k: float = 0.5,

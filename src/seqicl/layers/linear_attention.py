@@ -107,7 +107,8 @@ class LinearAttention(FeatureMapAttention):
 
     ``impl``: ``"auto"`` runs the attention through fla's ``chunk_linear_attn`` (no decay; the
     normaliser, with eps, by a cumulative sum here) where it can (CUDA, head size a power of two in
-    [16, 256]), else the chunkwise reference; ``"torch"`` always the reference; ``"fla"`` fla or an error.
+    [16, 256], float32 only with TF32 matmuls allowed), else the chunkwise reference; ``"torch"``
+    always the reference; ``"fla"`` fla or an error.
     """
 
     def __init__(self, d_model: int, max_len: int, n_heads: int = 2, feature_map: str = "elu",

@@ -29,9 +29,9 @@ class Mamba2(nn.Module):
     [dt_min, dt_max], A uniform in [1, 16], D = 1).
 
     ``impl``: ``"auto"`` runs the SSD through fla's ``chunk_simple_gla`` (q = C, k = B, v = dt x,
-    log decay dt A) where it can (CUDA, d_state and head_dim powers of two in [16, 256], and not
-    where fla refuses per-step decays: Hopper GPUs with Triton >= 3.4.0, < 3.7.1), else the
-    chunked reference; ``"torch"`` always the reference; ``"fla"`` fla or an error.
+    log decay dt A) where it can (CUDA, d_state and head_dim powers of two in [16, 256], float32
+    only with TF32 matmuls allowed, and not where fla refuses per-step decays: Hopper GPUs with
+    Triton >= 3.4.0, < 3.7.1), else the chunked reference; ``"torch"`` always the reference; ``"fla"`` fla or an error.
     """
 
     def __init__(self, d_model: int, max_len: int, d_state: int = 64, expand: int = 2, head_dim: int = 32,

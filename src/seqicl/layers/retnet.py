@@ -26,7 +26,8 @@ class RetNet(nn.Module):
     ``expand_v`` times the key width (2 in the paper). Forward is chunkwise, ``step`` the recurrence.
 
     ``impl``: ``"auto"`` runs the retention through fla's ``chunk_retention`` (which fixes the
-    same decays gamma_h) where it can (CUDA, key and value sizes powers of two in [16, 256]),
+    same decays gamma_h) where it can (CUDA, key and value sizes powers of two in [16, 256], float32 only with
+    TF32 matmuls allowed),
     else the chunkwise reference; ``"torch"`` always the reference; ``"fla"`` fla or an error.
     """
 
