@@ -1,9 +1,13 @@
 """Check every layer's device path against its float64 CPU reference, forward and backward.
 
-    python benchmarks/gpu_check.py [--device cuda] [--seq-len 256] [--d-model 64] [--out FILE]
+    python benchmarks/gpu_check.py [--device cuda] [--seq-len 256] [--d-model 64] [--fla-d-model 256]
+        [--layers gla ...] [--out FILE]
 
-Prints a table of relative errors (fp32 and bf16) and writes JSON; exits 1 if any exceeds
-its dtype's tolerance.
+Prints a table of relative errors (fp32 and bf16) and the path each forward took (fla or torch,
+for the layers that record one) and writes JSON; exits 1 if any exceeds its dtype's tolerance.
+Every layer runs at --d-model; the layers with fla kernels run again at --fla-d-model, where
+their default head sizes are ones the kernels take (at d_model 64 GLA's key size is 8, which
+they do not).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pathlib import Path
 import torch
 
 from seqicl import layers
+from seqicl.layers import fla_ops
 from seqicl.layers.fastpath_check import compare_to_reference
 
 
@@ -29,29 +34,37 @@ def main() -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--d-model", type=int, default=64)
+    ap.add_argument("--fla-d-model", type=int, default=256, help="d_model of the second run of the layers with "
+                                                                 "fla kernels (0: none)")
+    ap.add_argument("--layers", nargs="+", default=None, help="default: every registered layer")
     ap.add_argument("--out", default="benchmarks/results/gpu_check.json")
     args = ap.parse_args()
     rows = []
-    print(f"{'layer':26s} {'dtype':8s} {'forward':>9s} {'grad x':>9s} {'grad θ':>9s}  ok")
-    for name in layers.available():
+    names = args.layers or layers.available()
+    cases = [(name, args.d_model) for name in names]
+    if args.fla_d_model and args.fla_d_model != args.d_model:
+        cases += [(name, args.fla_d_model) for name in names if name in fla_ops.LAYERS]
+    print(f"{'layer':26s} {'d':>4s} {'dtype':8s} {'path':5s} {'forward':>9s} {'grad x':>9s} {'grad θ':>9s}  ok")
+    for name, d_model in cases:
         for dtype in (torch.float32, torch.bfloat16):
             try:
-                r = compare_to_reference(name, args.device, dtype, seq_len=args.seq_len, d_model=args.d_model,
+                r = compare_to_reference(name, args.device, dtype, seq_len=args.seq_len, d_model=d_model,
                                          **overrides(name, args.seq_len))
             except Exception as e:  # noqa: BLE001 - report every layer, then fail
-                r = {"layer": name, "dtype": str(dtype).replace("torch.", ""), "error": f"{type(e).__name__}: {e}".splitlines()[0],
-                     "ok": False}
+                r = {"layer": name, "dtype": str(dtype).replace("torch.", ""), "d_model": d_model, "path": None,
+                     "error": f"{type(e).__name__}: {e}".splitlines()[0], "ok": False}
             rows.append(r)
+            head = f"{name:26s} {d_model:4d} {r['dtype']:8s} {r['path'] or '-':5s}"
             if "error" in r:
-                print(f"{name:26s} {r['dtype']:8s} ERROR {r['error']}")
+                print(f"{head} ERROR {r['error']}")
             else:
-                print(f"{name:26s} {r['dtype']:8s} {r['forward']:9.2e} {r['grad_input']:9.2e} "
+                print(f"{head} {r['forward']:9.2e} {r['grad_input']:9.2e} "
                       f"{r['grad_params']:9.2e}  {'ok' if r['ok'] else 'FAIL'}", flush=True)
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"date": date.today().isoformat(), "device": device,
                                           "torch": torch.__version__, "rows": rows}, indent=2))
-    failed = [f"{r['layer']}/{r['dtype']}" for r in rows if not r["ok"]]
+    failed = [f"{r['layer']}/{r['d_model']}/{r['dtype']}" for r in rows if not r["ok"]]
     print(f"{len(rows) - len(failed)}/{len(rows)} ok" + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 

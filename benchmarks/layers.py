@@ -7,7 +7,9 @@ Every layer (sequence and state mixers) is built with its default hyper-paramete
 ``max_len = seq`` (a sliding window wider than the sequence is cut to it), in training mode,
 and timed on one forward and backward pass of a (batch, seq, d_model) input: the median of
 ``--repeats`` passes after ``--warmup`` passes. A layer with an ``impl`` hyper-parameter is
-timed twice: its default dispatch and ``impl=torch`` (the written-out reference).
+timed twice: its default dispatch and ``impl=torch`` (the written-out reference); a layer that
+records the path its forward took (``fla`` or ``torch``, the linear-attention family) has it in
+its row.
 
 - CPU: float32, wall-clock time. Each (layer, seq) runs in its own process; its peak memory is
   the rise of the process's resident set above what it holds once the layer and the inputs are
@@ -45,6 +47,7 @@ import torch
 
 from common import ROOT, describe, machine, print_table, write_json
 from seqicl import layers
+from seqicl.layers.fla_ops import fast_path_name
 
 REFERENCE = "attention"
 FLAG_RATIO = 20.0
@@ -135,7 +138,8 @@ def measure_cpu_here(spec: dict) -> dict:
         start = time.perf_counter()
         step()
         times.append((time.perf_counter() - start) * 1e3)
-    return {"times_ms": times, "peak_mib": (peak() - baseline) / 1024, "memory_method": method}
+    return {"times_ms": times, "peak_mib": (peak() - baseline) / 1024, "memory_method": method,
+            "path": fast_path_name(layer)}
 
 
 def measure_cpu(spec: dict, timeout: float) -> dict:
@@ -182,7 +186,7 @@ def measure_cuda(spec: dict) -> dict:
         torch.cuda.synchronize()
         return {"times_ms": [s.elapsed_time(e) for s, e in events],
                 "peak_mib": (torch.cuda.max_memory_allocated() - baseline) / 2**20,
-                "memory_method": "torch.cuda.max_memory_allocated"}
+                "memory_method": "torch.cuda.max_memory_allocated", "path": fast_path_name(layer)}
     except Exception as e:  # noqa: BLE001 - record it in the row and go on
         return {"error": error_text(e)}
     finally:
@@ -247,7 +251,7 @@ def main() -> None:
                       flush=True)
 
     print()
-    print_table(rows, [("layer", "layer", ""), ("variant", "variant", ""), ("kind", "kind", ""),
+    print_table(rows, [("layer", "layer", ""), ("variant", "variant", ""), ("path", "path", ""), ("kind", "kind", ""),
                        ("seq", "seq", "d"), ("ms", "ms", ".2f"), ("peak MiB", "peak_mib", ".1f"),
                        (f"x {REFERENCE}", "vs_attention", ".2f"), ("flag", "flag", ""), ("error", "error", "")])
     flagged = sorted({f"{r['layer']} ({r['variant']})" for r in rows if r.get("over_20x")})

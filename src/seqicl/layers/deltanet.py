@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqicl.layers import fla_ops
 from seqicl.layers.ops import CausalConv, HeadNorm, chunked_delta_rule, require, require_divisible, require_positive
 from seqicl.layers.registry import register
 
@@ -22,17 +23,22 @@ class DeltaNet(nn.Module):
     convolution and SiLU; q and k are L2-normalised, so I - beta_t k_t^T k_t has norm <= 1. The output
     of each head goes through RMSNorm, then the output projection. Forward is the chunkwise WY
     form, ``step`` the recurrence.
+
+    ``impl``: ``"auto"`` runs the forward through fla's ``chunk_delta_rule`` where it can (CUDA,
+    bf16 or fp16 (under autocast), head size a power of two in [16, 256]), else the chunkwise
+    reference; ``"torch"`` always the reference; ``"fla"`` fla or an error.
     """
 
     def __init__(self, d_model: int, max_len: int, n_heads: int = 2, conv_size: int = 4, chunk_size: int = 64,
-                 norm_eps: float = 1e-5, bias: bool = False):
+                 norm_eps: float = 1e-5, bias: bool = False, impl: str = "auto"):
         super().__init__()
         name = self.layer_name
+        fla_ops.check_impl(name, impl)
         require_positive(name, n_heads=n_heads, chunk_size=chunk_size)
         require_divisible(name, ("d_model", d_model), ("n_heads", n_heads))
         require(isinstance(conv_size, int) and conv_size >= 0, name,
                 f"conv_size must be an integer >= 0, got {conv_size!r}")
-        self.n_heads, self.head_dim, self.chunk_size = n_heads, d_model // n_heads, chunk_size
+        self.n_heads, self.head_dim, self.chunk_size, self.impl = n_heads, d_model // n_heads, chunk_size, impl
         self.qkv_proj = nn.Linear(d_model, 3 * d_model, bias=bias)
         self.conv = CausalConv(3 * d_model, conv_size) if conv_size else None
         self.beta_proj = nn.Linear(d_model, n_heads, bias=bias)
@@ -55,7 +61,11 @@ class DeltaNet(nn.Module):
         qkv = self.qkv_proj(x)
         if self.conv is not None:
             qkv = self.conv(qkv)
-        o, _ = chunked_delta_rule(*self._heads(x, qkv), chunk_size=self.chunk_size)
+        q, k, v, beta = self._heads(x, qkv)
+        if fla_ops.use_fla(self, x, lambda: fla_ops.delta_rule_unsupported(self.head_dim, self.head_dim,
+                                                                          fla_ops.work_dtype(q, k, v))):
+            return self._output(fla_ops.delta_rule(q, k, v, beta))
+        o, _ = chunked_delta_rule(q, k, v, beta, chunk_size=self.chunk_size)
         return self._output(o)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> dict:

@@ -3,7 +3,9 @@
 Used by the GPU tests and by ``benchmarks/gpu_check.py``. The same weights and inputs run once
 on the CPU in float64 (``impl=torch`` where the layer has an ``impl`` switch) and once on the
 device in float32 or under bf16 autocast (the default dispatch); the relative errors
-‖fast − ref‖ / ‖ref‖ of the output, the input gradient and all parameter gradients are returned.
+‖fast − ref‖ / ‖ref‖ of the output, the input gradient and all parameter gradients are returned,
+with the path the device forward took where the layer records one (``"fla"`` or ``"torch"``, see
+``fla_ops.use_fla``), else None.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from seqicl import layers
+from seqicl.layers.fla_ops import fast_path_name
 
 TOLERANCE = {torch.float32: 5e-3, torch.bfloat16: 6e-2}
 # Layers whose bf16 error is a property of the layer, not of its implementation: a looser
@@ -64,5 +67,5 @@ def compare_to_reference(name: str, device: str = "cuda", dtype: torch.dtype = t
     if known is not None:
         tol = known[0]
     ok = all(v <= tol for v in errors.values()) if tol is not None else all(v == v for v in errors.values())
-    return {"layer": name, "dtype": str(dtype).replace("torch.", ""), **errors, "tolerance": tol, "ok": ok,
-            "note": known[1] if known else None}
+    return {"layer": name, "dtype": str(dtype).replace("torch.", ""), "d_model": d_model, "path": fast_path_name(fast),
+            **errors, "tolerance": tol, "ok": ok, "note": known[1] if known else None}

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqicl.layers import fla_ops
 from seqicl.layers.ops import HeadNorm, chunked_linear_attention, require, require_divisible, require_positive
 from seqicl.layers.registry import register
 
@@ -22,13 +23,18 @@ class GLA(nn.Module):
     with d_k = expand_k * d_model / n_heads and d_v = expand_v * d_model / n_heads. Forward is
     the chunkwise form in log space (``chunk_size`` steps a chunk, sub-chunks of 16); ``step`` is
     the recurrence. The 1/sqrt(d_k) query scale is the usual attention scaling.
+
+    ``impl``: ``"auto"`` runs the forward through fla's ``chunk_gla`` where it can (CUDA, head
+    sizes powers of two in [16, 256], float32 only with TF32 matmuls allowed), else the chunkwise
+    reference; ``"torch"`` always the reference; ``"fla"`` fla or an error.
     """
 
     def __init__(self, d_model: int, max_len: int, n_heads: int = 4, expand_k: float = 0.5,
                  expand_v: float = 1.0, gate_rank: int = 16, gate_temperature: float = 16.0,
-                 chunk_size: int = 64, norm_eps: float = 1e-5, bias: bool = False):
+                 chunk_size: int = 64, norm_eps: float = 1e-5, bias: bool = False, impl: str = "auto"):
         super().__init__()
         name = self.layer_name
+        fla_ops.check_impl(name, impl)
         require_positive(name, n_heads=n_heads, gate_rank=gate_rank, chunk_size=chunk_size)
         key_dim, value_dim = d_model * expand_k, d_model * expand_v
         for label, dim in (("d_model * expand_k", key_dim), ("d_model * expand_v", value_dim)):
@@ -36,7 +42,7 @@ class GLA(nn.Module):
             require_divisible(name, (label, int(dim)), ("n_heads", n_heads))
         require(gate_temperature > 0, name, f"gate_temperature must be > 0, got {gate_temperature!r}")
         self.n_heads, self.key_dim, self.value_dim = n_heads, int(key_dim) // n_heads, int(value_dim) // n_heads
-        self.gate_temperature, self.chunk_size = gate_temperature, chunk_size
+        self.gate_temperature, self.chunk_size, self.impl = gate_temperature, chunk_size, impl
         self.q_proj = nn.Linear(d_model, int(key_dim), bias=bias)
         self.k_proj = nn.Linear(d_model, int(key_dim), bias=bias)
         self.v_proj = nn.Linear(d_model, int(value_dim), bias=bias)
@@ -61,6 +67,9 @@ class GLA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v, log_alpha = self._project(x)
+        if fla_ops.use_fla(self, x, lambda: fla_ops.gla_unsupported(self.key_dim, self.value_dim,
+                                                                   fla_ops.work_dtype(q, k, v))):
+            return self._output(x, fla_ops.gla(q, k, v, log_alpha))
         o, _ = chunked_linear_attention(q, k, v, log_decay=log_alpha, chunk_size=self.chunk_size)
         return self._output(x, o)
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqicl.layers import fla_ops
 from seqicl.layers.ops import (CausalConv, HeadNorm, chunked_linear_attention, require, require_divisible,
                                require_positive)
 from seqicl.layers.registry import register
@@ -26,20 +27,26 @@ class Mamba2(nn.Module):
     the chunked SSD algorithm (quadratic inside chunks, states between them), ``step``
     the recurrence; initialisation of dt, A and D as in the paper's code release (dt log-uniform in
     [dt_min, dt_max], A uniform in [1, 16], D = 1).
+
+    ``impl``: ``"auto"`` runs the SSD through fla's ``chunk_simple_gla`` (q = C, k = B, v = dt x,
+    log decay dt A) where it can (CUDA, d_state and head_dim powers of two in [16, 256], float32
+    only with TF32 matmuls allowed, and not where fla refuses per-step decays: Hopper GPUs with
+    Triton >= 3.4.0, < 3.7.1), else the chunked reference; ``"torch"`` always the reference; ``"fla"`` fla or an error.
     """
 
     def __init__(self, d_model: int, max_len: int, d_state: int = 64, expand: int = 2, head_dim: int = 32,
                  conv_size: int = 4, chunk_size: int = 64, dt_min: float = 0.001, dt_max: float = 0.1,
-                 norm_eps: float = 1e-5, bias: bool = False):
+                 norm_eps: float = 1e-5, bias: bool = False, impl: str = "auto"):
         super().__init__()
         name = self.layer_name
+        fla_ops.check_impl(name, impl)
         require_positive(name, d_state=d_state, expand=expand, head_dim=head_dim, conv_size=conv_size,
                          chunk_size=chunk_size)
         d_inner = expand * d_model
         require_divisible(name, ("expand * d_model", d_inner), ("head_dim", head_dim))
         require(0 < dt_min <= dt_max, name, f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
         self.d_inner, self.d_state, self.head_dim = d_inner, d_state, head_dim
-        self.n_heads, self.chunk_size = d_inner // head_dim, chunk_size
+        self.n_heads, self.chunk_size, self.impl = d_inner // head_dim, chunk_size, impl
         self.in_proj = nn.Linear(d_model, 2 * d_inner + 2 * d_state + self.n_heads, bias=bias)
         self.conv = CausalConv(d_inner + 2 * d_state, conv_size)
         dt = torch.exp(torch.empty(self.n_heads).uniform_(math.log(dt_min), math.log(dt_max)))
@@ -71,6 +78,9 @@ class Mamba2(nn.Module):
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         z, xbc, dt = self._split(u)
         C, B, x, dx, log_decay = self._ssm_inputs(self.conv(xbc), dt)
+        if fla_ops.use_fla(self, u, lambda: fla_ops.simple_gla_unsupported(self.d_state, self.head_dim,
+                                                                          fla_ops.work_dtype(C, B, dx))):
+            return self._output(fla_ops.simple_gla(C, B, dx, log_decay), x, z)
         y, _ = chunked_linear_attention(C, B, dx, log_decay=log_decay, chunk_size=self.chunk_size)
         return self._output(y, x, z)
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqicl.layers.attention import apply_rotary, rotary_tables
+from seqicl.layers import fla_ops
 from seqicl.layers.ops import HeadNorm, chunked_linear_attention, require, require_divisible, require_positive
 from seqicl.layers.registry import register
 
@@ -23,13 +24,19 @@ class RetNet(nn.Module):
     i.e. the parallel form (Q K^T * D) V with D_ts = gamma^(t-s). q and k are rotated by position
     (``positions="rotary"``, the paper's e^(i n theta); ``"none"`` leaves them as they are); v has
     ``expand_v`` times the key width (2 in the paper). Forward is chunkwise, ``step`` the recurrence.
+
+    ``impl``: ``"auto"`` runs the retention through fla's ``chunk_retention`` (which fixes the
+    same decays gamma_h) where it can (CUDA, key and value sizes powers of two in [16, 256], float32 only with
+    TF32 matmuls allowed),
+    else the chunkwise reference; ``"torch"`` always the reference; ``"fla"`` fla or an error.
     """
 
     def __init__(self, d_model: int, max_len: int, n_heads: int = 4, expand_v: int = 2,
                  positions: str = "rotary", rotary_base: float = 10000.0, chunk_size: int = 64,
-                 norm_eps: float = 1e-5, bias: bool = False):
+                 norm_eps: float = 1e-5, bias: bool = False, impl: str = "auto"):
         super().__init__()
         name = self.layer_name
+        fla_ops.check_impl(name, impl)
         require_positive(name, n_heads=n_heads, expand_v=expand_v, chunk_size=chunk_size)
         require_divisible(name, ("d_model", d_model), ("n_heads", n_heads))
         require(positions in ("rotary", "none"), name, f"positions must be rotary or none, got {positions!r}")
@@ -37,7 +44,7 @@ class RetNet(nn.Module):
         require(positions == "none" or self.key_dim % 2 == 0, name,
                 f"rotary positions need an even head dimension, got {self.key_dim}")
         self.value_dim = expand_v * self.key_dim
-        self.positions, self.rotary_base, self.chunk_size = positions, rotary_base, chunk_size
+        self.positions, self.rotary_base, self.chunk_size, self.impl = positions, rotary_base, chunk_size, impl
         self.qk_proj = nn.Linear(d_model, 2 * d_model, bias=bias)
         self.v_proj = nn.Linear(d_model, n_heads * self.value_dim, bias=bias)
         self.g_proj = nn.Linear(d_model, n_heads * self.value_dim, bias=bias)
@@ -65,6 +72,9 @@ class RetNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self._project(x)
+        if fla_ops.use_fla(self, x, lambda: fla_ops.retention_unsupported(self.key_dim, self.value_dim,
+                                                                         fla_ops.work_dtype(q, k, v))):
+            return self._output(x, fla_ops.retention(q, k, v))
         log_decay = self.log_gamma(q)[:, None].expand(x.shape[0], -1, x.shape[1])
         o, _ = chunked_linear_attention(q, k, v, log_decay=log_decay, chunk_size=self.chunk_size)
         return self._output(x, o)
