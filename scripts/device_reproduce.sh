@@ -8,17 +8,19 @@
 # into /tmp/sweeps/OUTNAME; all JOBs run at the same time on the one GPU. A JOB "train:OUTNAME:..."
 # runs a single `python -m train trainer=gpu ...` instead. The reports (report.md, results.csv,
 # curves.json, plots, command lines) and every run's results.json and metrics.csv are copied to
-# $OUT/results/OUTNAME; checkpoints stay behind.
+# results/OUTNAME, packed into $OUT/results.tgz (few files come back from the machine); checkpoints
+# stay behind.
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT/results"
+RESULTS=/tmp/collected/results
+mkdir -p "$RESULTS"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/device.txt"
 date -u +%FT%TZ >> "$OUT/device.txt"
 
 collect() {
-  local name=$1 src=$2 dst=$OUT/results/$1
+  local name=$1 src=$2 dst=$RESULTS/$1
   mkdir -p "$dst"
   find "$src" -maxdepth 1 -type f \( -name '*.md' -o -name '*.csv' -o -name '*.json' -o -name '*.png' -o -name '*.txt' \) \
     -exec cp {} "$dst"/ \;
@@ -51,4 +53,5 @@ for job in "$@"; do
   pids+=($!)
 done
 wait "${pids[@]}"
+tar czf "$OUT/results.tgz" -C /tmp/collected results
 nvidia-smi --query-gpu=memory.used --format=csv,noheader >>"$OUT/device.txt"

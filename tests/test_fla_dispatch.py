@@ -134,13 +134,13 @@ def stand_ins(monkeypatch):
 # ---------------------------------------------------------------------------------------------
 
 
-def _pair(name, T=12, B=2, seed=0, **overrides):
-    """The layer with impl=auto and with impl=torch, same weights, float64, and an input."""
+def _pair(name, T=12, B=2, seed=0, impl="auto", **overrides):
+    """The layer with ``impl`` and with impl=torch, same weights, float64, and an input."""
     kw = {"d_model": 32, **SIZES.get(name, {}), **overrides}
     d_model = kw.pop("d_model")
     torch.manual_seed(seed)
     ref = layers.build(name, d_model=d_model, max_len=T, impl="torch", **kw).double()
-    layer = layers.build(name, d_model=d_model, max_len=T, **kw).double()
+    layer = layers.build(name, d_model=d_model, max_len=T, impl=impl, **kw).double()
     layer.load_state_dict(ref.state_dict())
     x = torch.randn(B, T, d_model, dtype=torch.float64, generator=torch.Generator().manual_seed(seed + 1))
     return layer, ref, x
@@ -180,7 +180,7 @@ def test_auto_is_the_reference_on_cpu(name):
 @pytest.mark.parametrize("name", FLA)
 def test_fla_mapping_matches_the_reference(name, stand_ins):
     """fla's semantics behind the layouts and scales of fla_ops give the reference's output and gradients."""
-    layer, ref, x = _pair(name, T=12, B=2)
+    layer, ref, x = _pair(name, T=12, B=2, impl="fla")
     y, dx, dp = _forward_backward(layer, x)
     assert fla_ops.fast_path_name(layer) == "fla"
     y_ref, dx_ref, dp_ref = _forward_backward(ref, x)
@@ -196,7 +196,7 @@ def test_fla_mapping_matches_the_reference(name, stand_ins):
                                              ("linear_attention", {"eps": 0.5}), ("based", {"eps": 0.5}),
                                              ("rebased", {"eps": 0.5}), ("retnet", {"positions": "none"})])
 def test_fla_mapping_keeps_the_layer_options(name, overrides, stand_ins):
-    layer, ref, x = _pair(name, **overrides)
+    layer, ref, x = _pair(name, impl="fla", **overrides)
     torch.testing.assert_close(layer(x), ref(x), **TOLERANCE.get(name, TIGHT))
     assert fla_ops.fast_path_name(layer) == "fla"
 
@@ -209,7 +209,7 @@ def test_fla_mapping_under_autocast_runs_the_kernel_in_the_autocast_dtype(stand_
         return chunk_gla(*args, **kwargs)
 
     monkeypatch.setattr(fla_ops, "_op", {**STAND_INS, "chunk_gla": spy}.__getitem__)
-    layer, ref, x = _pair("gla")
+    layer, ref, x = _pair("gla", impl="fla")
     layer.float()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = layer(x.float())
@@ -223,6 +223,7 @@ def test_fla_mapping_under_autocast_runs_the_kernel_in_the_autocast_dtype(stand_
     (fla_ops.delta_rule_unsupported, (32, 32, torch.float32), "fla's kernel does not take float32"),
     (fla_ops.delta_rule_unsupported, (512, 32, torch.bfloat16), "key dim=512 is not a power of two in [16, 256]"),
     (fla_ops.based_unsupported, (256, 64, torch.bfloat16), "feature dim=256 is not a power of two in [16, 128]"),
+    (fla_ops.based_unsupported, (16, 256, torch.bfloat16), "value dim=256 is not a power of two in [16, 128]"),
     (fla_ops.linear_attention_unsupported, (33, 32, torch.bfloat16), "feature dim=33 is not a power of two"),
     (fla_ops.retention_unsupported, (16, 32, torch.float32), "multiplies float32 in TF32"),
 ])
@@ -236,7 +237,7 @@ def test_sizes_and_dtypes_outside_the_kernels_are_refused(unsupported, args, rea
     (fla_ops.delta_rule_unsupported, (32, 32, torch.bfloat16)),
     (fla_ops.delta_rule_unsupported, (128, 64, torch.float16)),
     (fla_ops.based_unsupported, (16, 64, torch.float32)),  # full-precision kernel: float32 without TF32
-    (fla_ops.based_unsupported, (128, 256, torch.bfloat16)),
+    (fla_ops.based_unsupported, (128, 128, torch.bfloat16)),
     (fla_ops.retention_unsupported, (16, 32, torch.bfloat16)),
     (fla_ops.linear_attention_unsupported, (32, 32, torch.bfloat16)),
 ])
@@ -364,3 +365,13 @@ def test_fla_path_in_float32_with_tf32_on_the_device(name, monkeypatch):
     r = _on_device(name, torch.float32)
     assert r["path"] == expected_path(name, torch.float32), r
     assert max(r["forward"], r["grad_input"], r["grad_params"]) <= 2e-2, r
+
+
+@pytest.mark.parametrize("name", sorted(fla_ops.AUTO_UNCHECKED))
+def test_auto_keeps_layers_unchecked_on_a_gpu_on_the_reference(name, stand_ins):
+    layer, ref, x = _pair(name)
+    torch.testing.assert_close(layer(x), ref(x), **TIGHT)
+    assert fla_ops.fast_path_name(layer) == "torch"
+    opted_in, _, _ = _pair(name, impl="fla")
+    opted_in(x)
+    assert fla_ops.fast_path_name(opted_in) == "fla"
