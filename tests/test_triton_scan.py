@@ -1,4 +1,4 @@
-"""The Triton kernels of triton_scan: dispatch, and the kernels on the CPU.
+"""The Triton fast paths of lru, gilr, mamba and rwkv: dispatch, and the kernels on the CPU.
 
 Triton's interpreter (TRITON_INTERPRET=1) runs the kernels on CPU tensors, but triton reads the
 variable when a kernel is defined, i.e. when seqicl is imported: the kernel cases
@@ -14,10 +14,19 @@ from pathlib import Path
 import pytest
 import torch
 
+from seqicl import layers
+from seqicl.errors import ConfigError
 from seqicl.layers import triton_scan
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = Path(__file__).with_name("triton_interpreter_cases.py")
+FAST_PATH_LAYERS = ["gilr", "lru", "mamba", "rwkv"]
+
+
+@pytest.mark.parametrize("name", FAST_PATH_LAYERS)
+def test_impl_is_validated(name):
+    with pytest.raises(ConfigError, match="impl"):
+        layers.build(name, d_model=8, max_len=8, impl="cuda")
 
 
 def test_cpu_tensors_are_not_available():
