@@ -35,7 +35,7 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # Largest d_state the selective scan kernel keeps in registers; larger ones take the reference.
 SELECTIVE_MAX_STATE = 128
 _TILE = 32            # time steps per tile of the linear scan and WKV kernels
-_SELECTIVE_TILE = 16  # time steps per tile of the selective scan
+_SELECTIVE_TILE = 8   # time steps per tile of the selective scan
 
 
 def available(*tensors: torch.Tensor) -> bool:
@@ -341,12 +341,14 @@ def _selective_bwd_kernel(X, DT, A, Bm, Cm, HS, DY, DX, DDT, DA, DB, DC, T, D, N
     tl.store(DA + pid_b.to(tl.int64) * D * N + d[:, None] * N + n[None, :], dA, mask=mask_dn)
 
 
-def _selective_launch(x: torch.Tensor, N: int):
+def _selective_launch(x: torch.Tensor, N: int, elements: int):
+    """Grid and arguments for tiles of about ``elements`` states (_SELECTIVE_TILE, BLOCK_D, BLOCK_N)."""
     B, T, D = x.shape
     block_n = triton.next_power_of_2(N)
-    block_d = max(1, min(triton.next_power_of_2(D), 2048 // (_SELECTIVE_TILE * block_n)))
+    block_d = max(1, min(triton.next_power_of_2(D), elements // (_SELECTIVE_TILE * block_n)))
     return (triton.cdiv(D, block_d), B), dict(T=T, D=D, N=N, n_tiles=triton.cdiv(T, _SELECTIVE_TILE),
-                                               BLOCK_T=_SELECTIVE_TILE, BLOCK_D=block_d, BLOCK_N=block_n)
+                                               BLOCK_T=_SELECTIVE_TILE, BLOCK_D=block_d, BLOCK_N=block_n,
+                                               num_warps=2)
 
 
 class _SelectiveScan(torch.autograd.Function):
@@ -354,7 +356,7 @@ class _SelectiveScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dt, A, Bm, Cm):
         acc = _accumulator(x, dt, A, Bm, Cm)
-        grid, kw = _selective_launch(x, A.shape[1])
+        grid, kw = _selective_launch(x, A.shape[1], 512)
         y = torch.empty(x.shape, dtype=acc, device=x.device)
         hs = torch.empty(x.shape[0], kw["n_tiles"], *A.shape, dtype=acc, device=x.device)
         _selective_fwd_kernel[grid](x, dt, A, Bm, Cm, y, hs, ACC=_tl_dtype(acc), **kw)
@@ -364,7 +366,7 @@ class _SelectiveScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, dt, A, Bm, Cm, hs = ctx.saved_tensors
-        grid, kw = _selective_launch(x, A.shape[1])
+        grid, kw = _selective_launch(x, A.shape[1], 1024)
         B, T, N = Bm.shape
         dx, ddt = torch.empty_like(x), torch.empty_like(dt)
         dA = torch.empty(B, *A.shape, dtype=hs.dtype, device=x.device)
@@ -380,7 +382,7 @@ def selective_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.
     """y_t[d] = sum_n C_t[n] h_t[d, n], h_t[d, n] = exp(dt_t[d] A[d, n]) h_{t-1}[d, n] + dt_t[d] B_t[n] x_t[d].
 
     x, dt: (batch, T, D); A: (D, N), N <= SELECTIVE_MAX_STATE; B, C: (batch, T, N). The states
-    live in registers; only the state entering each tile of 16 steps is stored (batch, T / 16,
+    live in registers; only the state entering each tile of 8 steps is stored (batch, T / 8,
     D, N) for the backward pass, which recomputes the states inside each tile from it.
     """
     return _SelectiveScan.apply(x.contiguous(), dt.contiguous(), A.contiguous(), B.contiguous(), C.contiguous())
