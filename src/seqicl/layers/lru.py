@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from seqicl.errors import ConfigError
-from seqicl.layers import ops
+from seqicl.layers import ops, triton_scan
 from seqicl.layers.registry import register
 
 
@@ -22,11 +22,14 @@ class LRU(nn.Module):
     its phase uniformly in [0, max_phase]. gamma_n = sqrt(1 - |lambda_n|^2) (learned as
     gamma_log) normalises the state's scale. B (d_state x d_model) and C (d_model x d_state)
     are complex Gaussian with variances 1/(2 d_model) and 1/d_state per part.
-    The forward pass solves the recurrence with ``ops.linear_scan`` (chunks of ``chunk_size``).
+    The forward pass solves the recurrence with ``ops.linear_scan`` (chunks of ``chunk_size``), or
+    with ``impl="auto"`` on CUDA, when triton imports, with the Triton kernel
+    ``triton_scan.complex_linear_scan`` on the real and imaginary parts.
     """
 
     def __init__(self, d_model: int, max_len: int, d_state: int = 64, r_min: float = 0.9,
-                 r_max: float = 0.999, max_phase: float = 2 * math.pi, chunk_size: int = 64):
+                 r_max: float = 0.999, max_phase: float = 2 * math.pi, chunk_size: int = 64,
+                 impl: str = "auto"):
         super().__init__()
         if d_state < 1:
             raise ConfigError(f"lru: d_state must be a positive integer, got {d_state}")
@@ -36,7 +39,8 @@ class LRU(nn.Module):
             raise ConfigError(f"lru: max_phase must be positive, got {max_phase}")
         if chunk_size < 1:
             raise ConfigError(f"lru: chunk_size must be a positive integer, got {chunk_size}")
-        self.d_model, self.d_state, self.chunk_size = d_model, d_state, chunk_size
+        ops.require(impl in ("auto", "torch"), "lru", f"impl must be auto or torch, got {impl!r}")
+        self.d_model, self.d_state, self.chunk_size, self.impl = d_model, d_state, chunk_size, impl
         u1, u2 = torch.rand(d_state), torch.rand(d_state)
         nu = -0.5 * torch.log(u1 * (r_max ** 2 - r_min ** 2) + r_min ** 2)
         self.nu_log = nn.Parameter(torch.log(nu))
@@ -61,7 +65,11 @@ class LRU(nn.Module):
     @ops.full_precision
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Complex arithmetic has no bf16 kernels: the layer runs in float32 under autocast."""
-        h = ops.linear_scan(self.lam(), self._input(x), self.chunk_size)
+        lam, b = self.lam(), self._input(x)
+        if self.impl == "auto" and triton_scan.available(b.real):
+            h = torch.complex(*triton_scan.complex_linear_scan(lam.real, lam.imag, b.real, b.imag))
+        else:
+            h = ops.linear_scan(lam, b, self.chunk_size)
         return self._output(h, x)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from seqicl.errors import ConfigError
+from seqicl.layers import ops, triton_scan
 from seqicl.layers.registry import register
 
 
@@ -80,13 +81,16 @@ class RWKV(nn.Module):
     The mixes, decays and bonuses start as in the RWKV-4 initialisation for a layer half-way up
     the stack (the layer index is not known here): decays spread over channels from
     e^-5 to e^3, bonus log(0.3) with a zigzag, mixes rising with the channel index.
+    ``impl``: ``"auto"`` computes WKV with the Triton kernel ``triton_scan.wkv`` on CUDA when
+    triton imports, ``"torch"`` always with ``wkv`` (chunks of ``chunk_size``).
     """
 
-    def __init__(self, d_model: int, max_len: int, chunk_size: int = 32):
+    def __init__(self, d_model: int, max_len: int, chunk_size: int = 32, impl: str = "auto"):
         super().__init__()
         if chunk_size < 1:
             raise ConfigError(f"rwkv: chunk_size must be a positive integer, got {chunk_size}")
-        self.d_model, self.chunk_size = d_model, chunk_size
+        ops.require(impl in ("auto", "torch"), "rwkv", f"impl must be auto or torch, got {impl!r}")
+        self.d_model, self.chunk_size, self.impl = d_model, chunk_size, impl
         depth = 0.5             # RWKV-4's layer_id / n_layers; its ratio_1_to_almost0 is 1 - depth
         h = torch.arange(d_model, dtype=torch.float32)
         self.time_decay = nn.Parameter(-5 + 8 * (h / max(d_model - 1, 1)) ** (0.7 + 1.3 * depth))
@@ -109,7 +113,10 @@ class RWKV(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         prev = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
         r, k, v = self._rkv(x, prev)
-        y = wkv(torch.exp(self.time_decay), self.time_first, k, v, self.chunk_size)
+        if self.impl == "auto" and triton_scan.available(k, v):
+            y = triton_scan.wkv(torch.exp(self.time_decay), self.time_first, k, v)
+        else:
+            y = wkv(torch.exp(self.time_decay), self.time_first, k, v, self.chunk_size)
         return self.output(torch.sigmoid(r) * y)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> dict:
