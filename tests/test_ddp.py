@@ -175,3 +175,11 @@ def test_ranks_read_disjoint_shares_and_only_rank_0_writes(tmp_path):
     for step in range(6):
         whole = [" ".join(map(str, row)) for row in next(stream)["inputs"].tolist()]
         assert whole == rows[0][4 * step:4 * step + 4] + rows[1][4 * step:4 * step + 4]
+
+
+def test_divergence_stops_every_rank_and_is_reported_once(tmp_path):
+    proc = run_module("train", *DDP, "optim.lr=1e6", f"hydra.run.dir={tmp_path}", timeout=120)
+    assert proc.returncode == 1
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "csv_logs.py" not in ln]
+    assert len(lines) == 1 and lines[0].startswith("error: training diverged"), proc.stderr
+    assert json.loads((tmp_path / "results.json").read_text())["status"] == "diverged"

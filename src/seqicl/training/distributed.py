@@ -29,6 +29,7 @@ from seqicl.errors import ConfigError
 
 # Strategies whose processes seqicl starts; any other strategy is left to Lightning.
 LAUNCHED = ("ddp", "ddp_find_unused_parameters_true")
+_GRACE_S = 10
 _ENV = ("LOCAL_RANK", "NODE_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "OMP_NUM_THREADS")
 
 
@@ -122,9 +123,12 @@ def processes(world: int, fn: Callable, args: tuple):
         ok = True
     finally:
         for p in procs:
-            if not ok:
-                p.terminate()
-            p.join()
+            # After a failure here the other ranks usually fail the same way; one that does not
+            # waits in a collective for ever. Lightning handles SIGTERM, so it gets SIGKILL.
+            p.join(None if ok else _GRACE_S)
+            if p.is_alive():
+                p.kill()
+                p.join()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
         for k, v in saved.items():
