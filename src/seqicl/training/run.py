@@ -24,7 +24,7 @@ from seqicl.layers.contract import check_plugin_layers, check_token_model
 from seqicl.models import build_model, count_parameters, state_size
 from seqicl.plugins import import_modules
 from seqicl.tasks.datamodule import TaskDataModule, check_world_size
-from seqicl.training import distributed
+from seqicl.training import distributed, placement
 from seqicl.training.callbacks import AtomicCheckpointIO, StopAtAccuracy
 from seqicl.training.module import Diverged, SeqICLModule
 
@@ -148,8 +148,20 @@ def train(c: dict, output_dir: str | os.PathLike,
     ``make_model(task)``, when given, builds the model instead of the config's ``model``
     section (``seqicl.train(model=...)``, ``seqicl.benchmark``). A data-parallel trainer
     (``trainer=ddp``, ``trainer=ddp_cpu``) runs the whole of it in one process per device, this
-    one being rank 0; only rank 0 writes to the run directory.
+    one being rank 0; only rank 0 writes to the run directory. A run of a sweep with GPU
+    placement (``placement.gpus``) first waits for a free GPU slot and holds it while it runs.
     """
+    gpus = placement.check(c.get("placement") or {})
+    if gpus is None:
+        return _launch(c, output_dir, make_model)
+    with placement.slot(gpus, c["placement"]["runs_per_gpu"], c["placement"]["lock_dir"]) as (gpu, k):
+        c = {**c, "trainer": placement.placed_trainer(c["trainer"], gpu),
+             "placement": {**c["placement"], "gpu": gpu, "slot": k}}
+        return _launch(c, output_dir, make_model)
+
+
+def _launch(c: dict, output_dir: str | os.PathLike, make_model: Callable[[tasks.Task], nn.Module] | None) -> dict:
+    """``_train`` in this process, and in one more per device of a data-parallel trainer."""
     world = distributed.world_size(c["trainer"])
     if world > 1:
         data = c["data"]
@@ -189,6 +201,8 @@ def _train(c: dict, out: Path, make_model: Callable[[tasks.Task], nn.Module] | N
     base = {"task": task.name, "task_params": task.params(), "model": describe_model(c["model"]),
             "params": count_parameters(model), "state_size": state_size(model, getattr(task, "seq_len", 0)),
             "seed": int(c["seed"]), "git_sha": git_sha()}
+    if "gpu" in (c.get("placement") or {}):
+        base["placement"] = {"gpu": c["placement"]["gpu"], "slot": c["placement"]["slot"]}
     try:
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     except Diverged as e:
