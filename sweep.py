@@ -1,7 +1,7 @@
 """Run a named protocol: ``python -m sweep sweep=NAME [launcher=joblib] [--dry-run] [overrides]``.
 
 ``sweep=NAME`` picks ``configs/sweep/NAME.yaml`` (or ``sweep=path/to/protocol.yaml``); ``launcher=basic|joblib|submitit`` picks
-``configs/launcher/``; ``sweep.KEY=VALUE`` changes the protocol (e.g. ``sweep.out_dir=...``,
+``configs/launcher/``, whose settings follow (``n_jobs=8``; joblib's ``gpus=[0,1] runs_per_gpu=2``); ``sweep.KEY=VALUE`` changes the protocol (e.g. ``sweep.out_dir=...``,
 ``sweep.dry_run=true``); every other ``key=value`` is passed to each training run.
 """
 
@@ -13,6 +13,7 @@ from seqicl.cli import check_overrides, fail, select_layer_configs
 
 
 def main(argv: list[str]) -> int:
+    import yaml
     from rich.console import Console
 
     from seqicl.errors import ConfigError
@@ -20,7 +21,7 @@ def main(argv: list[str]) -> int:
     from seqicl.sweeps.report import markdown_table, write_report
 
     name, launcher, n_jobs, dry = None, "basic", None, False
-    sweep_overrides, forwarded = [], []
+    sweep_overrides, forwarded, launcher_settings = [], [], {}
     for arg in argv:
         if arg in ("--dry-run", "-n"):
             dry = True
@@ -30,6 +31,9 @@ def main(argv: list[str]) -> int:
             launcher = arg.split("=", 1)[1]
         elif arg.startswith("n_jobs="):
             n_jobs = int(arg.split("=", 1)[1])
+        elif arg.split("=", 1)[0] in ("gpus", "runs_per_gpu"):
+            key, _, value = arg.partition("=")
+            launcher_settings[key] = yaml.safe_load(value)
         elif arg.startswith("sweep."):
             sweep_overrides.append(arg[len("sweep."):])
         else:
@@ -39,7 +43,7 @@ def main(argv: list[str]) -> int:
         if name is None:
             raise ConfigError(f"name a protocol with sweep=NAME; available: {', '.join(engine.available())}")
         protocol = engine.load_protocol(name, sweep_overrides)
-        launch_args = engine.launcher_overrides(launcher, n_jobs)
+        launch_args = engine.launcher_overrides(launcher, n_jobs, launcher_settings, protocol.out_dir)
     except ConfigError as e:
         fail(e)
     runs = engine.expand(protocol)

@@ -310,11 +310,18 @@ def _user_model(cfg, args: list[str], module, factory: Callable | None, model_id
         model_id = type(module).__name__ if module is not None else getattr(factory, "__name__", "model")
     with open_dict(cfg):
         cfg.model = {"name": model_id, "backbone": "user", **settings}
+    return _UserModel(module, factory, settings), cfg
 
-    def make_model(task):
-        if module is not None:
-            return module
-        return factory(task=task.name, vocab_size=getattr(task, "vocab_size", None),
-                       max_length=getattr(task, "seq_len", None), **settings)
 
-    return make_model, cfg
+class _UserModel:
+    """``make_model(task)`` for a user's module or factory; picklable whenever they are, so that a
+    data-parallel run can send it to its other processes."""
+
+    def __init__(self, module, factory: Callable | None, settings: dict):
+        self.module, self.factory, self.settings = module, factory, settings
+
+    def __call__(self, task):
+        if self.module is not None:
+            return self.module
+        return self.factory(task=task.name, vocab_size=getattr(task, "vocab_size", None),
+                            max_length=getattr(task, "seq_len", None), **self.settings)

@@ -181,19 +181,55 @@ def run_name(run: dict) -> str:
     return ",".join(f"{k}={format_value(v)}" for k, v in sorted(run.items()))
 
 
-def launcher_overrides(launcher: str, n_jobs: int | None = None) -> list[str]:
-    """Hydra overrides selecting ``configs/launcher/<launcher>.yaml``."""
+def launcher_overrides(launcher: str, n_jobs: int | None = None, settings: dict | None = None,
+                       out_dir: Path | None = None) -> list[str]:
+    """Overrides selecting ``configs/launcher/<launcher>.yaml``, with its settings (``gpus``,
+    ``runs_per_gpu``) changed by ``settings``.
+
+    GPU placement (``gpus``, joblib only) gives every run ``placement.*`` overrides: the ids, the
+    runs per GPU and a lock directory in the sweep's ``out_dir``; ``n_jobs`` defaults to the
+    number of slots, as more concurrent runs would only wait for a slot.
+    """
     path = LAUNCHER_DIR / f"{launcher}.yaml"
     if not path.exists():
         names = sorted(p.stem for p in LAUNCHER_DIR.glob("*.yaml"))
         raise ConfigError(f"unknown launcher {launcher!r}; available launchers: {', '.join(names)}")
     spec = yaml.safe_load(path.read_text()) or {}
+    for key in settings or {}:
+        if key not in spec or key == "overrides":
+            valid = sorted(set(spec) - {"overrides"})
+            raise ConfigError(f"launcher {launcher} has no setting {key!r}"
+                              + (f"; its settings: {', '.join(valid)}" if valid else ""))
+    spec.update(settings or {})
     out = list(spec.get("overrides") or [])
+    gpus = spec.get("gpus")
+    if gpus is not None:
+        gpus = _gpu_ids(gpus)
+        runs_per_gpu = spec.get("runs_per_gpu", 1)
+        if isinstance(runs_per_gpu, bool) or not isinstance(runs_per_gpu, int) or runs_per_gpu < 1:
+            raise ConfigError(f"runs_per_gpu must be a positive integer, got {runs_per_gpu!r}")
+        n_jobs = len(gpus) * runs_per_gpu if n_jobs is None else n_jobs
+        out += [f"placement.gpus=[{','.join(map(str, gpus))}]", f"placement.runs_per_gpu={runs_per_gpu}",
+                f"placement.lock_dir={Path(out_dir or '.').absolute() / 'locks'}"]
     if n_jobs is not None:
         if launcher != "joblib":
             raise ConfigError("sweep n_jobs applies to launcher=joblib only")
         out.append(f"hydra.launcher.n_jobs={n_jobs}")
     return out
+
+
+def _gpu_ids(gpus) -> list[int]:
+    """``gpus``: a list of ids, or ``all`` (every visible GPU)."""
+    if gpus == "all":
+        import torch
+
+        gpus = list(range(torch.cuda.device_count()))
+        if not gpus:
+            raise ConfigError("gpus=all, but no GPU is visible here")
+    if not isinstance(gpus, list) or not gpus or not all(isinstance(g, int) and not isinstance(g, bool) and g >= 0
+                                                         for g in gpus) or len(set(gpus)) != len(gpus):
+        raise ConfigError(f"gpus must be a list of distinct GPU ids (e.g. gpus=[0,1]) or all, got {gpus!r}")
+    return gpus
 
 
 def train_commands(protocol: Protocol, forwarded: list[str], launcher: list[str]) -> list[list[str]]:
@@ -215,7 +251,8 @@ def train_commands(protocol: Protocol, forwarded: list[str], launcher: list[str]
         n = len(protocol.base) + len(forwarded)
         everything = select_layer_configs([*protocol.base, *forwarded, *varying])
         shared = everything[:n] + everything[n + len(varying):]
-        keys = {_override_key(o) for o in shared}
+        # The launcher's run settings (placement.*) are not part of the names either.
+        keys = {_override_key(o) for o in [*shared, *launcher] if not o.startswith("hydra")}
         exclude = sorted({k.split("@", 1)[0] if "@" in k and k.split("@", 1)[0] not in grid_groups else k
                           for k in keys})
         commands.append([sys.executable, "-m", "train", "--multirun", *shared, *launcher,

@@ -6,6 +6,13 @@ Fixed datasets are shuffled by a permutation seeded from (seed, epoch); an onlin
 batch ``(epoch, i)`` with a seed derived from it and drops any example that is also in the
 validation or test set. A task with a curriculum is also given the training step of the batch,
 ``epoch * steps_per_epoch + i``, so the schedule too resumes where it stopped.
+
+In a data-parallel run ``batch_size`` is the global batch: every step still uses the batch a
+single process would use, split in equal consecutive shares over the ranks. The online stream
+draws the whole global batch on every rank (same seed) and each rank keeps its share; a fixed
+set's epoch permutation is the same on every rank, which takes its share of each batch. The
+validation and test splits are divided into contiguous shares; the module sums statistics
+over all ranks, so metrics cover every example of the split exactly once.
 """
 
 from __future__ import annotations
@@ -19,17 +26,32 @@ from seqicl.errors import ConfigError
 from seqicl.seeding import derive_seed, generator
 from seqicl.tasks.base import SPLITS, Task
 from seqicl.tasks.splits import (assert_disjoint, batch_size_of, batch_to, concat_batches, draw_unique,
-                                 example_hashes, index_batch, pin_memory, split_seed)
+                                 example_hashes, index_batch, pin_memory, rank_slice, split_seed)
+
+
+def check_world_size(batch_size: int, val_size: int, test_size: int, world: int) -> None:
+    """A data-parallel run splits every global batch evenly and gives every rank evaluation examples."""
+    if batch_size % world:
+        raise ConfigError(f"data.batch_size={batch_size} is the global batch, split evenly over {world} processes: "
+                          f"make it a multiple of {world}")
+    for name, size in (("val_size", val_size), ("test_size", test_size)):
+        if size < world:
+            raise ConfigError(f"data.{name}={size} is smaller than the {world} processes that share it")
 
 
 class TrainBatches:
-    """A resumable iterable of training batches (implements ``state_dict``/``load_state_dict``)."""
+    """A resumable iterable of training batches (implements ``state_dict``/``load_state_dict``).
+
+    ``batch_size`` is the global batch; rank ``rank`` of ``world`` serves its consecutive share of
+    ``batch_size // world`` examples of each one.
+    """
 
     def __init__(self, task: Task, batch_size: int, seed: int, data: dict | None = None,
                  steps_per_epoch: int = 1000, exclude: torch.Tensor | None = None,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", rank: int = 0, world: int = 1):
         self.task, self.batch_size, self.seed = task, batch_size, seed
         self.data, self.exclude, self.device = data, exclude, torch.device(device)
+        self.share = rank_slice(batch_size, rank, world)
         if data is not None:
             n = batch_size_of(data)
             if n < batch_size:
@@ -56,14 +78,16 @@ class TrainBatches:
         return batch
 
     def batch(self, epoch: int, i: int) -> dict:
+        """This rank's share of global batch ``i`` of ``epoch``."""
         bs = self.batch_size
         if self.data is not None:
             if self._perm_epoch != epoch:
                 n = batch_size_of(self.data)
                 perm = torch.randperm(n, generator=generator(derive_seed(self.seed, "epoch", epoch)))
                 self._perm, self._perm_epoch = perm.to(self._data_device()), epoch
-            return index_batch(self.data, self._perm[i * bs:(i + 1) * bs])
-        return self._fresh(derive_seed(self.seed, "stream", epoch, i), epoch * self.length + i)
+            return index_batch(self.data, self._perm[i * bs:(i + 1) * bs][self.share])
+        batch = self._fresh(derive_seed(self.seed, "stream", epoch, i), epoch * self.length + i)
+        return batch if self.share == slice(0, bs) else index_batch(batch, self.share)
 
     def _data_device(self):
         return next(v.device for v in self.data.values() if torch.is_tensor(v))
@@ -216,9 +240,13 @@ class TaskDataModule(pl.LightningDataModule):
         self.splits = {k: batch_to(v, device) for k, v in splits.items()}
         stream_device = device if self.generate_on_device else torch.device("cpu")
         exclude = seen.to(stream_device) if self.task.finite_support else None
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        check_world_size(self.batch_size, self.val_size, self.test_size, world)
+        self.eval_shares = {split: rank_slice(batch_size_of(self.splits[split]), rank, world)
+                            for split in ("val", "test")}
         self.train_batches = TrainBatches(views["train"], self.batch_size, derive_seed(self.seed, "train"),
                                           data=self.splits.get("train"), steps_per_epoch=self.steps_per_epoch,
-                                          exclude=exclude, device=stream_device)
+                                          exclude=exclude, device=stream_device, rank=rank, world=world)
 
     def train_dataloader(self):
         stream = self.train_batches
@@ -227,7 +255,8 @@ class TaskDataModule(pl.LightningDataModule):
         return stream
 
     def _eval_batches(self, split: str) -> "EvalBatches":
-        return EvalBatches(self.splits[split], self.eval_batch_size)
+        """This rank's share of the split (all of it in a single process)."""
+        return EvalBatches(index_batch(self.splits[split], self.eval_shares[split]), self.eval_batch_size)
 
     def val_dataloader(self):
         return self._eval_batches("val")

@@ -27,6 +27,12 @@ def concat_batches(batches: list[dict]) -> dict:
             for k, v in first.items()}
 
 
+def rank_slice(n: int, rank: int, world: int) -> slice:
+    """Rank ``rank``'s contiguous share of ``n`` items: shares differ by at most one item,
+    never overlap, and together cover ``range(n)`` in order."""
+    return slice(rank * n // world, (rank + 1) * n // world)
+
+
 def batch_to(batch: dict, device) -> dict:
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 

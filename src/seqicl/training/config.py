@@ -16,7 +16,7 @@ from seqicl.plugins import check_module_names
 # ``compile``: off, torch.compile's default mode (true), or one of its named modes.
 COMPILE_MODES = (False, None, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 TOP_LEVEL = {"name", "seed", "ckpt_path", "compile", "imports", "task", "model", "data", "optim", "scheduler",
-             "trainer", "callbacks", "logger", "paths"}
+             "trainer", "callbacks", "logger", "paths", "placement"}
 SECTIONS = {
     "data": {"batch_size", "train_size", "val_size", "test_size", "eval_batch_size", "steps_per_epoch",
              "on_device", "generate_on_device"},
@@ -25,6 +25,7 @@ SECTIONS = {
     "callbacks": {"checkpoint", "stop_at_accuracy", "lr_monitor", "progress_bar"},
     "logger": {"name", "project", "entity", "offline", "tags"},
     "paths": {"root_dir", "log_dir", "output_dir"},
+    "placement": {"gpus", "runs_per_gpu", "lock_dir"},
 }
 MODEL_KEYS = {"name", "backbone", "d_model", "n_layers", "mixer", "state_mixer", "blocks", "positions",
               "tie_embeddings", "embed_dropout", "norm_eps"}

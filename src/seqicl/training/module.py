@@ -68,6 +68,7 @@ class SeqICLModule(pl.LightningModule):
         if aux:
             loss = loss + sum(aux)
         self._watch_divergence(loss)
+        # In a data-parallel run, rank 0's share of the batch (syncing every step would cost a barrier).
         self.log("train/loss", loss, prog_bar=True)
         if "loss_targets" not in batch and "accuracy" in stats:
             s, c = stats["accuracy"]
@@ -90,8 +91,17 @@ class SeqICLModule(pl.LightningModule):
             self.check_divergence()
 
     def check_divergence(self) -> None:
-        if self._first_bad_step is not None and int(self._first_bad_step) >= 0:
-            raise Diverged(int(self._first_bad_step))
+        """Raise ``Diverged`` at the first non-finite loss; in a data-parallel run, on every rank at
+        the same check (the earliest bad step of any rank), so no rank is left waiting for the others."""
+        first = self._first_bad_step
+        if first is None:
+            return
+        if self._trainer is not None and self.trainer.world_size > 1:
+            never = torch.iinfo(torch.long).max
+            first = self.trainer.strategy.reduce(torch.where(first < 0, never, first), reduce_op="min")
+            first = torch.where(first == never, -1, first)
+        if int(first) >= 0:
+            raise Diverged(int(first))
 
     def on_validation_start(self):
         self.check_divergence()
@@ -133,18 +143,18 @@ class SeqICLModule(pl.LightningModule):
         acc = self._sums.pop(prefix, None)
         if not acc:
             return
-        metrics = {}
+        metrics, counts = {}, {}
         for name, (s, c) in acc.items():
             s = self.trainer.strategy.reduce(s, reduce_op="sum")
-            c = self.trainer.strategy.reduce(c, reduce_op="sum")
+            c = counts[name] = self.trainer.strategy.reduce(c, reduce_op="sum")
             value = s / c.clamp(min=1)
             if value.dim() == 0:
                 metrics[name] = float(value)
                 self.log(f"{prefix}/{name}", metrics[name], prog_bar=name == self.task.selection_metric)
             else:
                 metrics[name] = [float(v) if n > 0 else None for v, n in zip(value.tolist(), c.tolist())]
-        if "accuracy" in acc:
-            metrics["scored"] = int(acc["accuracy"][1].sum())
+        if "accuracy" in counts:
+            metrics["scored"] = int(counts["accuracy"].sum())
         self.final_metrics[prefix] = metrics
     def on_validation_epoch_end(self):
         self._eval_end("val")

@@ -23,7 +23,8 @@ from seqicl.errors import ConfigError
 from seqicl.layers.contract import check_plugin_layers, check_token_model
 from seqicl.models import build_model, count_parameters, state_size
 from seqicl.plugins import import_modules
-from seqicl.tasks.datamodule import TaskDataModule
+from seqicl.tasks.datamodule import TaskDataModule, check_world_size
+from seqicl.training import distributed, placement
 from seqicl.training.callbacks import AtomicCheckpointIO, StopAtAccuracy
 from seqicl.training.module import Diverged, SeqICLModule
 
@@ -115,10 +116,11 @@ def prepare_output_dir(path: Path) -> Path:
 
 def quiet_lightning_console() -> None:
     """Lightning's INFO messages go to the run's log file, not the console (the summary says it all)."""
-    log = logging.getLogger("lightning.pytorch")
-    for handler in list(log.handlers):
-        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-            log.removeHandler(handler)
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        log = logging.getLogger(name)
+        for handler in list(log.handlers):
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                log.removeHandler(handler)
 
 
 def build_checked_model(c: dict, task, make_model: Callable[[tasks.Task], nn.Module] | None = None) -> nn.Module:
@@ -144,11 +146,39 @@ def train(c: dict, output_dir: str | os.PathLike,
     """Run one experiment from a validated, resolved config; return what results.json holds.
 
     ``make_model(task)``, when given, builds the model instead of the config's ``model``
-    section (``seqicl.train(model=...)``, ``seqicl.benchmark``).
+    section (``seqicl.train(model=...)``, ``seqicl.benchmark``). A data-parallel trainer
+    (``trainer=ddp``, ``trainer=ddp_cpu``) runs the whole of it in one process per device, this
+    one being rank 0; only rank 0 writes to the run directory. A run of a sweep with GPU
+    placement (``placement.gpus``) first waits for a free GPU slot and holds it while it runs.
     """
+    gpus = placement.check(c.get("placement") or {})
+    if gpus is None:
+        return _launch(c, output_dir, make_model)
+    with placement.slot(gpus, c["placement"]["runs_per_gpu"], c["placement"]["lock_dir"]) as (gpu, k):
+        c = {**c, "trainer": placement.placed_trainer(c["trainer"], gpu),
+             "placement": {**c["placement"], "gpu": gpu, "slot": k}}
+        return _launch(c, output_dir, make_model)
+
+
+def _launch(c: dict, output_dir: str | os.PathLike, make_model: Callable[[tasks.Task], nn.Module] | None) -> dict:
+    """``_train`` in this process, and in one more per device of a data-parallel trainer."""
+    world = distributed.world_size(c["trainer"])
+    if world > 1:
+        data = c["data"]
+        check_world_size(data["batch_size"], data["val_size"], data["test_size"], world)
+    out = Path(output_dir)
+    if distributed.rank() == 0:
+        prepare_output_dir(out)
+    with distributed.processes(world, _train, (c, out, make_model)):
+        return _train(c, out, make_model)
+
+
+def _train(c: dict, out: Path, make_model: Callable[[tasks.Task], nn.Module] | None) -> dict:
+    """One process's part of ``train``: all of it, outside of a data-parallel run."""
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
+    # Evaluation metrics are summed over the ranks before they are logged (SeqICLModule._eval_end).
+    warnings.filterwarnings("ignore", message=".*sync_dist=True.*when logging on epoch level in distributed")
     quiet_lightning_console()
-    out = prepare_output_dir(Path(output_dir))
     import_modules(c.get("imports"))
     pl.seed_everything(int(c["seed"]), workers=True, verbose=False)
     task = build_task(c["task"])
@@ -171,17 +201,20 @@ def train(c: dict, output_dir: str | os.PathLike,
     base = {"task": task.name, "task_params": task.params(), "model": describe_model(c["model"]),
             "params": count_parameters(model), "state_size": state_size(model, getattr(task, "seq_len", 0)),
             "seed": int(c["seed"]), "git_sha": git_sha()}
+    if "gpu" in (c.get("placement") or {}):
+        base["placement"] = {"gpu": c["placement"]["gpu"], "slot": c["placement"]["slot"]}
     try:
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     except Diverged as e:
         results = {"status": "diverged", **base, "steps": e.step, "error": str(e),
                    "wall_time_s": round(time.time() - start, 2), "val": {}, "test": {}}
-        write_results(out, results)
+        if trainer.is_global_zero:
+            write_results(out, results)
         raise
     fit_time = time.time() - start
     ckpt_cb = trainer.checkpoint_callback
     best = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None
-    if earlier_metrics:
+    if earlier_metrics and trainer.is_global_zero:
         _prepend_metrics(out / "metrics.csv", earlier_metrics)
     trainer.validate(module, datamodule=data, ckpt_path=best, verbose=False)
     trainer.test(module, datamodule=data, ckpt_path=best, verbose=False)
@@ -197,7 +230,8 @@ def train(c: dict, output_dir: str | os.PathLike,
         "selection_metric": task.selection_metric,
         "accuracy_averaging": "micro (correct / scored positions)",
     }
-    write_results(out, results)
+    if trainer.is_global_zero:
+        write_results(out, results)
     return results
 
 
