@@ -4,6 +4,7 @@ override lists and the report's extensions (random guess, reference lines, sever
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -11,7 +12,7 @@ import yaml
 from helpers import ROOT, run_module
 from seqicl.errors import ConfigError
 from seqicl.sweeps import engine
-from seqicl.sweeps.report import write_report
+from seqicl.sweeps.report import curve_limits, write_report
 
 
 @pytest.fixture(scope="module")
@@ -363,3 +364,10 @@ def test_list_metrics_go_to_curves_json_and_the_curves_plot(tmp_path):
 def test_report_sections_are_strict(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
         write_protocol(tmp_path / "bad.yaml", "name: bad\ngrid:\n  seed: [0]\n" + text)
+
+
+def test_curve_limits_clip_only_a_reference_far_above_the_models():
+    model = [np.array([1.0, 0.8, 0.6]), np.array([0.9, np.nan, 0.5])]
+    assert curve_limits(model, [np.array([1.0, 0.5, 0.0])]) is None
+    assert curve_limits(model, [np.array([21.0, 3.0, 0.5]), np.array([1.0, -0.2, 0.0])]) == (-0.2, 1.5)
+    assert curve_limits([], [np.array([5.0])]) is None

@@ -254,6 +254,18 @@ def _mean_curve(values) -> np.ndarray | None:
         return np.where(counts > 0, np.nansum(stacked, axis=0) / np.maximum(counts, 1), np.nan)
 
 
+def curve_limits(model_curves: list, reference_curves: list) -> tuple[float, float] | None:
+    """y-limits that keep the models' curves readable when a reference curve rises far above
+    them (e.g. averaging with one in-context example): up to 1.5 times the models' maximum;
+    None where the references stay within that."""
+    top = max((np.nanmax(c) for c in model_curves if np.isfinite(c).any()), default=np.nan)
+    ref_top = max((np.nanmax(c) for c in reference_curves if np.isfinite(c).any()), default=np.nan)
+    if not (np.isfinite(top) and top > 0 and ref_top > 1.5 * top):
+        return None
+    low = min(np.nanmin(c) for c in model_curves + reference_curves if np.isfinite(c).any())
+    return min(0.0, float(low)), 1.5 * float(top)
+
+
 def plot_curves(best: pd.DataFrame, protocol: Protocol, out: Path) -> list[Path]:
     """``curves.metric`` (a list per run) against its position k, a panel per ``curves.facet``
     value, a line per ``curves.series`` value; ``curves.reference`` curves dashed."""
@@ -272,15 +284,21 @@ def plot_curves(best: pd.DataFrame, protocol: Protocol, out: Path) -> list[Path]
     for ax, fv in zip(axes[0], facets):
         sub = best if fv is None else best[best[facet] == fv]
         groups = sub.groupby(series, dropna=False) if series else [(None, sub)]
+        model_curves, reference_curves = [], []
         for name, g in groups:
             curve = _mean_curve(g[metric])
             if curve is not None:
                 ax.plot(np.arange(len(curve)), curve, label=metric if name is None else _label(name))
+                model_curves.append(curve)
         for i, ref in enumerate(refs):
             curve = _mean_curve(sub[ref]) if ref in sub else None
             if curve is not None:
                 ax.plot(np.arange(len(curve)), curve, color="0.3", linewidth=1,
                         linestyle=REFERENCE_STYLES[i % len(REFERENCE_STYLES)], label=ref)
+                reference_curves.append(curve)
+        limits = curve_limits(model_curves, reference_curves)
+        if limits is not None:
+            ax.set_ylim(*limits)
         ax.set_xlabel("k (in-context examples)")
         ax.set_title(f"{facet}={_label(fv)}" if fv is not None else protocol.name, fontsize=9)
         ax.grid(alpha=0.3)
