@@ -4,10 +4,12 @@
         [--layers gla ...] [--out FILE]
 
 Prints a table of relative errors (fp32 and bf16) and the path each forward took (fla or torch,
-for the layers that record one) and writes JSON; exits 1 if any exceeds its dtype's tolerance.
-Every layer runs at --d-model; the layers with fla kernels run again at --fla-d-model, where
-their default head sizes are ones the kernels take (at d_model 64 GLA's key size is 8, which
-they do not).
+for the layers that record one) and writes JSON after every row (a run cut short keeps what it
+measured); exits 1 if any exceeds its dtype's tolerance. Every layer runs at --d-model with its
+default dispatch; the layers with fla kernels run again at --fla-d-model in bf16 with
+``impl=fla``, where their default head sizes are ones the kernels take (at d_model 64 GLA's key
+size is 8, which they do not) and including the kernels ``impl=auto`` does not take yet. A kernel
+that fla itself refuses on this GPU is reported as refused, not as a failure.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 import torch
 
 from seqicl import layers
+from seqicl.errors import ConfigError
 from seqicl.layers import fla_ops
 from seqicl.layers.fastpath_check import compare_to_reference
 
@@ -41,29 +44,34 @@ def main() -> int:
     args = ap.parse_args()
     rows = []
     names = args.layers or layers.available()
-    cases = [(name, args.d_model) for name in names]
-    if args.fla_d_model and args.fla_d_model != args.d_model:
-        cases += [(name, args.fla_d_model) for name in names if name in fla_ops.LAYERS]
-    print(f"{'layer':26s} {'d':>4s} {'dtype':8s} {'path':5s} {'forward':>9s} {'grad x':>9s} {'grad θ':>9s}  ok")
-    for name, d_model in cases:
-        for dtype in (torch.float32, torch.bfloat16):
-            try:
-                r = compare_to_reference(name, args.device, dtype, seq_len=args.seq_len, d_model=d_model,
-                                         **overrides(name, args.seq_len))
-            except Exception as e:  # noqa: BLE001 - report every layer, then fail
-                r = {"layer": name, "dtype": str(dtype).replace("torch.", ""), "d_model": d_model, "path": None,
-                     "error": f"{type(e).__name__}: {e}".splitlines()[0], "ok": False}
-            rows.append(r)
-            head = f"{name:26s} {d_model:4d} {r['dtype']:8s} {r['path'] or '-':5s}"
-            if "error" in r:
-                print(f"{head} ERROR {r['error']}")
-            else:
-                print(f"{head} {r['forward']:9.2e} {r['grad_input']:9.2e} "
-                      f"{r['grad_params']:9.2e}  {'ok' if r['ok'] else 'FAIL'}", flush=True)
+    cases = [(name, args.d_model, dtype, {}) for name in names for dtype in (torch.float32, torch.bfloat16)]
+    if args.fla_d_model:
+        cases += [(name, args.fla_d_model, torch.bfloat16, {"impl": "fla"}) for name in names if name in fla_ops.LAYERS]
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"date": date.today().isoformat(), "device": device,
-                                          "torch": torch.__version__, "rows": rows}, indent=2))
+    print(f"{'layer':26s} {'d':>4s} {'dtype':8s} {'path':5s} {'forward':>9s} {'grad x':>9s} {'grad θ':>9s}  ok")
+    for name, d_model, dtype, extra in cases:
+        kw = {**overrides(name, args.seq_len), **extra}
+        try:
+            r = compare_to_reference(name, args.device, dtype, seq_len=args.seq_len, d_model=d_model, **kw)
+        except ConfigError as e:
+            r = {"layer": name, "dtype": str(dtype).replace("torch.", ""), "d_model": d_model, "path": None,
+                 "refused": str(e), "ok": True}
+        except Exception as e:  # noqa: BLE001 - report every layer, then fail
+            r = {"layer": name, "dtype": str(dtype).replace("torch.", ""), "d_model": d_model, "path": None,
+                 "error": f"{type(e).__name__}: {e}".splitlines()[0], "ok": False}
+        r["impl"] = extra.get("impl", "auto")
+        rows.append(r)
+        head = f"{name:26s} {d_model:4d} {r['dtype']:8s} {r['path'] or '-':5s}"
+        if "error" in r:
+            print(f"{head} ERROR {r['error']}", flush=True)
+        elif "refused" in r:
+            print(f"{head} refused: {r['refused']}", flush=True)
+        else:
+            print(f"{head} {r['forward']:9.2e} {r['grad_input']:9.2e} "
+                  f"{r['grad_params']:9.2e}  {'ok' if r['ok'] else 'FAIL'}", flush=True)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"date": date.today().isoformat(), "device": device,
+                                              "torch": torch.__version__, "rows": rows}, indent=2))
     failed = [f"{r['layer']}/{r['d_model']}/{r['dtype']}" for r in rows if not r["ok"]]
     print(f"{len(rows) - len(failed)}/{len(rows)} ok" + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
