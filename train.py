@@ -10,7 +10,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from seqicl.cli import check_overrides, fail, in_multirun, print_summary, run_dir, run_isolated, select_layer_configs
+from seqicl.cli import (check_overrides, fail, in_multirun, open_mapping, print_summary, run_dir, run_isolated,
+                        select_layer_configs)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
@@ -34,7 +35,8 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
-    sys.argv[1:] = select_layer_configs(sys.argv[1:])
+    # trainer.KEY=VALUE may name any lightning Trainer argument, declared in the trainer file or not.
+    sys.argv[1:] = open_mapping("trainer", select_layer_configs(sys.argv[1:]))
     if not {"--multirun", "-m"} & set(sys.argv[1:]):
         check_overrides("train", sys.argv[1:])
     main()

@@ -57,8 +57,15 @@ def test_a_finished_run_directory_is_never_overwritten(finished_run):
     assert (out / "results.json").read_text() == before
 
 
+def test_any_trainer_argument_can_be_set_on_the_command_line(tmp_path):
+    proc = run_module("train", *FAST, "trainer.max_time=00:00:10:00", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((tmp_path / "results.json").read_text())["status"] == "completed"
+
+
 @pytest.mark.parametrize("override,message", [
     ("data.batch_szie=3", "unknown config key data.batch_szie (did you mean 'batch_size'?)"),
+    ("trainer.max_stepz=3", "unknown config key trainer.max_stepz (did you mean 'max_steps'?)"),
     ("+data.batch_szie=3", "unknown config key data.batch_szie"),
     ("task=mqr", "available options in 'task': associative_recall"),
     ("task.num_kv_pairs=100", "num_kv_pairs=100 needs seq_len"),

@@ -258,13 +258,13 @@ def _run(args: list[str], output_dir, layers: Sequence | None = None, module=Non
     (otherwise they are left out: a protocol's settings of seqicl's own model)."""
     from omegaconf import OmegaConf, open_dict
 
-    from seqicl.cli import compose_config, select_layer_configs
+    from seqicl.cli import compose_config, open_mapping, select_layer_configs
     from seqicl.plugins import import_modules
     from seqicl.training.config import validate
     from seqicl.training.run import prepare_output_dir
     from seqicl.training.run import train as run_training
 
-    args = select_layer_configs(list(args))
+    args = open_mapping("trainer", select_layer_configs(list(args)))
     cfg = compose_config("train", args)
     out = Path(output_dir if output_dir is not None else str(cfg.hydra.run.dir)).absolute()
     with open_dict(cfg):
