@@ -21,7 +21,7 @@ from torch import nn
 from seqicl import layers
 from seqicl.errors import ConfigError
 from seqicl.models import register_backbone
-from seqicl.models.lm import Block, expand_blocks
+from seqicl.models.stack import Block, expand_blocks
 
 
 class AutoEncoder(nn.Module):

@@ -18,7 +18,7 @@ from torch import nn
 
 from seqicl.errors import ConfigError
 from seqicl.models import register_backbone
-from seqicl.models.lm import Block, expand_blocks
+from seqicl.models.stack import Block, expand_blocks
 
 
 class ContinuousModel(nn.Module):
