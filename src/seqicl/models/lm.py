@@ -73,4 +73,5 @@ def weight_decay_split(model: nn.Module) -> tuple[list, list]:
 
 
 def count_parameters(model: nn.Module) -> int:
+    """The number of parameter elements, a tied weight counted once."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

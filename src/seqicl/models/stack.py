@@ -39,6 +39,8 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(d_model, eps=norm_eps) if self.state_mixer is not None else None
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states (batch, seq, d_model) -> the same after both residual layers; ``tokens``
+        (batch, seq) go to a token-aware sequence mixer."""
         if self.mixer is not None:
             h = self.norm1(x)
             x = x + (self.mixer(h, tokens=tokens) if getattr(self.mixer, "needs_tokens", False)
