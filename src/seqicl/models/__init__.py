@@ -67,4 +67,5 @@ for _m in pkgutil.iter_modules(__path__):
     if _m.name not in ("lm", "stack"):
         importlib.import_module(f"{__name__}.{_m.name}")
 
-__all__ = ["BACKBONES", "Block", "BlockStack", "TokenLM", "build_model", "count_parameters", "register_backbone", "state_size"]
+__all__ = ["BACKBONES", "Block", "BlockStack", "TokenLM", "build_model", "count_parameters", "register_backbone",
+           "state_size"]
