@@ -10,7 +10,7 @@ from seqicl.layers.registry import register
 
 @register("identity", kind="state")
 class Identity(nn.Module):
-    """A block with ``identity`` as its state mixer has none: ``models.lm.build_layer`` builds
+    """A block with ``identity`` as its state mixer has none: ``models.stack.build_layer`` builds
     nothing for it. Built on its own, it adds nothing to the residual stream: zeros of the
     input's shape, x + identity(x) == x (computed from x, so that its gradient is zero)."""
 

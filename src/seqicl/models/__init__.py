@@ -13,7 +13,8 @@ from typing import Callable, Dict
 from torch import nn
 
 from seqicl.errors import ConfigError
-from seqicl.models.lm import Block, TokenLM, count_parameters
+from seqicl.models.lm import TokenLM, count_parameters
+from seqicl.models.stack import Block, BlockStack
 
 BACKBONES: Dict[str, Callable] = {}
 
@@ -63,7 +64,8 @@ def state_size(model: nn.Module, seq_len: int) -> int | None:
 
 
 for _m in pkgutil.iter_modules(__path__):
-    if _m.name != "lm":
+    if _m.name not in ("lm", "stack"):
         importlib.import_module(f"{__name__}.{_m.name}")
 
-__all__ = ["BACKBONES", "Block", "TokenLM", "build_model", "count_parameters", "register_backbone", "state_size"]
+__all__ = ["BACKBONES", "Block", "BlockStack", "TokenLM", "build_model", "count_parameters", "register_backbone",
+           "state_size"]

@@ -1,11 +1,11 @@
 """The auto-encoder backbone of MAD's compression task (Poli et al. 2024).
 
-Encoder: the model's blocks read the token embeddings followed by one learned aggregation
-token; the aggregation token comes last, so with causal sequence mixers it is the one position
-that sees the whole sequence, and its final (normalised) hidden state is the code. Decoder: for
-every position ``t``, the code plus a learned embedding of ``t`` goes through a pre-norm
-residual MLP, a norm and the vocabulary head. The decoder sees nothing but the code and the
-position, so everything it recovers passed through the aggregation token.
+Encoder: the block stack (``seqicl.models.stack``) reads the token embeddings followed by one
+learned aggregation token; the aggregation token comes last, so with causal sequence mixers it
+is the one position that sees the whole sequence, and its final (normalised) hidden state is
+the code. Decoder: for every position ``t``, the code plus a learned embedding of ``t`` goes
+through a pre-norm residual MLP, a norm and the vocabulary head. The decoder sees nothing but
+the code and the position, so everything it recovers passed through the aggregation token.
 
 ``hidden(tokens)`` returns the decoded states (batch, seq, d_model) and ``head`` maps them to
 logits, the interface the ``cross_entropy`` objective uses for any token backbone.
@@ -13,37 +13,28 @@ logits, the interface the ``cross_entropy`` objective uses for any token backbon
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 from torch import nn
 
 from seqicl import layers
 from seqicl.errors import ConfigError
 from seqicl.models import register_backbone
-from seqicl.models.lm import Block, expand_blocks
+from seqicl.models.stack import BlockStack, init_embeddings
 
 
-class AutoEncoder(nn.Module):
-    """Blocks over ``tokens + [aggregation]`` -> one code vector -> MLP decoder at every position."""
+class AutoEncoder(BlockStack):
+    """Blocks over ``tokens + [aggregation]`` -> one code vector -> MLP decoder at every position.
 
-    def __init__(self, vocab_size: int, seq_len: int, d_model: int = 64, n_layers: int | None = 2,
-                 mixer="attention", state_mixer="mlp", blocks: Sequence | None = None,
-                 positions: str = "none", tie_embeddings: bool = False, embed_dropout: float = 0.0,
-                 norm_eps: float = 1e-5):
-        super().__init__()
-        if positions not in ("learned", "none"):
-            raise ConfigError(f"model.positions must be learned or none, got {positions!r}")
-        self.vocab_size, self.seq_len, self.d_model = vocab_size, seq_len, d_model
-        max_len = seq_len + 1
-        self.embed = nn.Embedding(vocab_size, d_model)
-        self.aggregate = nn.Parameter(torch.randn(d_model) * 0.02)
-        self.pos_embed = nn.Embedding(max_len, d_model) if positions == "learned" else None
-        self.drop = nn.Dropout(embed_dropout)
-        self.block_specs = expand_blocks(n_layers, mixer, state_mixer, blocks)
-        self.blocks = nn.ModuleList(Block(d_model, max_len, b["mixer"], b["state_mixer"], norm_eps)
-                                    for b in self.block_specs)
-        self.norm = nn.LayerNorm(d_model, eps=norm_eps)
+    ``stack`` are ``BlockStack``'s settings (``n_layers``, ``mixer``, ``state_mixer``,
+    ``blocks``, ``positions``, ``embed_dropout``, ``norm_eps``); the stack reads ``seq_len + 1``
+    positions. ``tie_embeddings`` shares the head's weight with the token embedding.
+    """
+
+    def __init__(self, vocab_size: int, seq_len: int, d_model: int = 64, tie_embeddings: bool = False,
+                 norm_eps: float = 1e-5, **stack):
+        inputs = {"embed": nn.Embedding(vocab_size, d_model), "aggregate": nn.Parameter(torch.randn(d_model) * 0.02)}
+        super().__init__(inputs, d_model, seq_len + 1, norm_eps=norm_eps, **stack)
+        self.vocab_size, self.seq_len = vocab_size, seq_len
         self.decoder_pos = nn.Embedding(seq_len, d_model)
         self.decoder_norm_in = nn.LayerNorm(d_model, eps=norm_eps)
         self.decoder = layers.build("mlp", d_model=d_model, max_len=seq_len)
@@ -51,9 +42,7 @@ class AutoEncoder(nn.Module):
         self.head = nn.Linear(d_model, vocab_size, bias=False)
         if tie_embeddings:
             self.head.weight = self.embed.weight
-        for emb in (self.embed, self.pos_embed, self.decoder_pos):
-            if emb is not None:
-                nn.init.normal_(emb.weight, std=0.02)
+        init_embeddings(self.embed, self.pos_embed, self.decoder_pos)
         if not tie_embeddings:
             nn.init.normal_(self.head.weight, std=0.02)
 
@@ -63,13 +52,8 @@ class AutoEncoder(nn.Module):
         if T > self.seq_len:
             raise ValueError(f"sequence of length {T} is longer than the auto-encoder's seq_len={self.seq_len}")
         x = torch.cat([self.embed(tokens), self.aggregate.expand(B, 1, -1)], dim=1)
-        if self.pos_embed is not None:
-            x = x + self.pos_embed.weight[:T + 1]
-        x = self.drop(x)
         token_ids = torch.cat([tokens, tokens.new_zeros(B, 1)], dim=1)  # token-aware mixers see id 0 there
-        for block in self.blocks:
-            x = block(x, token_ids)
-        return self.norm(x[:, -1])
+        return self.norm(self.run_stack(x, token_ids)[:, -1])
 
     def decode(self, code: torch.Tensor, length: int) -> torch.Tensor:
         """Decoded hidden states (batch, length, d_model) from the code alone."""
@@ -78,6 +62,7 @@ class AutoEncoder(nn.Module):
         return self.decoder_norm(h)
 
     def hidden(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The decoded states (batch, seq, d_model) of ``tokens``, read from their code."""
         return self.decode(self.encode(tokens), tokens.shape[1])
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
