@@ -221,7 +221,7 @@ def test_continuous_curves_are_plotted_with_their_baselines(tmp_path, monkeypatc
                             "baseline_zero_by_k": ((batch["ys"] ** 2).sum(0), ones.sum(0))}
 
     monkeypatch.setitem(OBJECTIVES, "stand_in_mse", objective)
-    task = SimpleNamespace(name="stand_in", kind="continuous", objective="stand_in_mse", monitor=("mse", "min"))
+    task = SimpleNamespace(name="stand_in", kind="continuous", objective="stand_in_mse", selection_metric="mse")
     model = lambda xs, ys: xs.sum(-1)  # noqa: E731
     g = torch.Generator().manual_seed(0)
     data = {"xs": torch.randn(10, 5, 3, generator=g), "ys": torch.randn(10, 5, generator=g)}
