@@ -235,6 +235,54 @@ def test_sampled_ngram_continuations_follow_the_tempered_distribution():
     torch.testing.assert_close(frequencies, expected, atol=0.02, rtol=0)
 
 
+def test_dfa_accuracy_by_string_and_ngram_acceptance_equal_plain_loops(tmp_path):
+    task = tasks.build("dfa", num_letters=4, min_alphabet=2, max_alphabet=4, min_states=2, max_states=4,
+                       max_edges=2, min_strings=2, max_strings=4, max_length=4)
+    data = task.sample(16, seed=1)
+    torch.manual_seed(0)
+    model = TokenLM(vocab_size=task.vocab_size, max_len=task.seq_len, d_model=16, n_layers=1).eval()
+    torch.nn.init.normal_(model.head.weight, std=3.0)
+    settings = Settings(out=tmp_path, device=torch.device("cpu"), batch_size=6, seed=0, samples=0, temperature=1.0)
+    r = evaluate_dfa(model, task, data, settings)
+    with torch.no_grad():
+        predicted = model(data["inputs"]).argmax(-1)
+    S, d = task.num_letters + 1, task.delimiter
+    hits = {name: [0] * task.max_strings for name in ("model", 2, 3)}
+    scored = [0] * task.max_strings
+    accepted = {2: 0, 3: 0}
+    for i in range(16):
+        table, inputs = data["transitions"][i].tolist(), data["inputs"][i].tolist()
+        end = inputs.index(task.pad) if task.pad in inputs else len(inputs)
+        k, state = -1, 0
+        for t in range(end):
+            if inputs[t] == d:
+                k, state = k + 1, 0
+            else:
+                state = table[state][inputs[t]]
+            valid = {a for a in range(task.num_letters) if table[state][a] >= 0} | {d}
+            scored[k] += 1
+            hits["model"][k] += int(predicted[i, t]) in valid
+            for order in (2, 3):
+                hits[order][k] += _argmax(_ngram_counts(inputs[:t + 1], order, S)) in valid
+        start = max(t for t in range(end) if inputs[t] == d) + 1
+        for order in (2, 3):
+            out = _ngram_generate(inputs[:start], order, S, task.max_length + 1, d)
+            accepted[order] += _accepts(table, out, d)[0]
+    curves = r["curves"]
+    expected = {"dfa_accuracy_by_k": "model", "baseline_ngram2_by_k": 2, "baseline_ngram3_by_k": 3}
+    for name, who in expected.items():
+        assert curves[name] == pytest.approx([h / c for h, c in zip(hits[who], scored)]), name
+    assert curves["dfa_accuracy_by_k"] != curves["baseline_ngram2_by_k"]
+    assert r["metrics"]["dfa_accuracy"] == pytest.approx(sum(hits["model"]) / sum(scored))
+    for order in (2, 3):
+        assert r["metrics"][f"ngram{order}_greedy_accepted"] == pytest.approx(accepted[order] / 16)
+        assert r["generation"][f"ngram{order}"]["greedy"]["accepted"] == pytest.approx(accepted[order] / 16)
+        assert 0 <= r["generation"][f"ngram{order}"]["sampled"]["accepted"] <= 1
+    assert 0 < accepted[3] < 16, accepted
+    assert "dfa_accuracy_by_k.png" in r["files"] and "dfa_metrics.png" in r["files"]
+    assert_png(tmp_path / "dfa_accuracy_by_k.png")
+
+
 # ---------------------------------------------------------------------------------------------
 # restoring a checkpoint: which task changes a model can serve
 
@@ -409,8 +457,10 @@ def test_dfa_generations_are_checked_against_the_automaton(dfa_run, tmp_path):
             assert outcome["accepted"] + outcome["unfinished"] <= 1
             assert 0 <= outcome["mean_length"] <= 6
     assert 1 <= gen["reference_mean_length"] <= 6
-    assert set(r["files"]) == {"accuracy_by_position.png", "dfa_metrics.png", "samples.txt"}
-    for name in ("accuracy_by_position.png", "dfa_metrics.png"):
+    for name in ("dfa_accuracy_by_k", "baseline_ngram2_by_k", "baseline_ngram3_by_k"):
+        assert len(r["curves"][name]) == 4 and all(0 <= v <= 1 for v in r["curves"][name]), name
+    assert set(r["files"]) == {"accuracy_by_position.png", "dfa_accuracy_by_k.png", "dfa_metrics.png", "samples.txt"}
+    for name in ("accuracy_by_position.png", "dfa_accuracy_by_k.png", "dfa_metrics.png"):
         assert_png(tmp_path / name)
     text = (tmp_path / "samples.txt").read_text()
     assert re.findall(r"^example (\d+):", text, re.M) == [str(i) for i in range(22)]  # across batches of 20

@@ -17,11 +17,17 @@ Baselines: the in-context 2-gram and 3-gram predictors of the teacher-forced met
 (``seqicl.tasks.dfa.in_context_ngrams``) continue the same prefixes the same way, as generators
 (``ngram_continuations``): greedily, and sampled at the same temperature; their strings have the
 same length limit and the same check.
+
+By string: ``dfa_accuracy_by_k[k]`` is the teacher-forced ``dfa_accuracy`` over the predictions
+made inside the string that has ``k`` strings before it in its sequence (its letters and its end),
+``k = 0 .. max_strings - 1``; ``baseline_ngram2_by_k`` and ``baseline_ngram3_by_k`` are those of
+the n-gram predictors.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from seqicl.evaluation.base import Settings, Totals, batches, register_evaluator
@@ -112,6 +118,24 @@ def ngram_continuations(prefixes: torch.Tensor, lengths: torch.Tensor, order: in
     return out, count
 
 
+def accuracy_by_string(task, batch: dict, mask: torch.Tensor, logits: torch.Tensor) -> dict:
+    """``(sums, counts)`` by string of the teacher-forced ``dfa_accuracy``: entry ``k`` counts the
+    scored positions ``t`` with ``k + 1`` delimiters in ``inputs[:t+1]`` (the predictions of the
+    letters and the end of the string with ``k`` strings before it) and, of them, those where the
+    greedy symbol is a valid continuation; for the model (``dfa_accuracy_by_k``, argmax over the
+    vocabulary) and the in-context n-gram predictors (``baseline_ngram{n}_by_k``)."""
+    inputs = batch["inputs"]
+    k = ((inputs == task.delimiter).cumsum(dim=1) - 1)[mask]
+    valid = F.pad(task.valid_next(batch)[mask], (0, logits.shape[1] - task.num_letters - 1))
+    ngrams = in_context_ngrams(inputs, batch["targets"], ORDERS, task.num_letters + 1)
+    greedy = {"dfa_accuracy": logits.argmax(dim=-1),
+              **{f"baseline_ngram{n}": q.argmax(dim=-1) for n, q in ngrams.items()}}
+    counts = torch.bincount(k, minlength=task.max_strings)
+    return {f"{name}_by_k": (torch.bincount(k, weights=valid.gather(1, g[:, None])[:, 0].double(),
+                                            minlength=task.max_strings), counts)
+            for name, g in greedy.items()}
+
+
 def render(tokens: list[int], task) -> str:
     """Tokens as text: letters a, b, c ... (ids when there are more than 26), ``|`` for the delimiter."""
     def symbol(t: int) -> str:
@@ -131,7 +155,7 @@ def _verdict(accepted: bool, ended: bool) -> str:
 
 @register_evaluator("dfa")
 def evaluate_dfa(model: nn.Module, task, data: dict, settings: Settings) -> dict:
-    result = evaluate_tokens(model, task, data, settings)
+    result = evaluate_tokens(model, task, data, settings, accuracy_by_string)
     totals = Totals()
     gen = generator(derive_seed(settings.seed, "dfa sampling"), settings.device)
     ngram_gen = generator(derive_seed(settings.seed, "dfa n-gram sampling"), settings.device)
