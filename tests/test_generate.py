@@ -14,7 +14,7 @@ from seqicl.evaluation.base import Settings, evaluator_for
 from seqicl.evaluation.checkpoint import restore
 from seqicl.evaluation.continuous import evaluate_continuous
 from seqicl.evaluation.decode import continue_prefixes
-from seqicl.evaluation.dfa import evaluate_dfa, render, walk
+from seqicl.evaluation.dfa import evaluate_dfa, ngram_continuations, render, walk
 from seqicl.evaluation.tokens import evaluate_tokens
 from seqicl.models import build_model
 from seqicl.models.lm import TokenLM
@@ -143,6 +143,146 @@ def test_dfa_greedy_generations_equal_re_running_the_model_and_walking_by_hand(t
     assert set(verdicts) == {"accepted", "rejected", "unfinished"}, verdicts
 
 
+def _ngram_counts(seq: list[int], order: int, num_symbols: int) -> list[int]:
+    """Counts of the next symbol after ``seq`` by the in-context ``order``-gram, in plain Python:
+    the symbols that followed the earlier positions ending with the same last ``length`` tokens
+    (the start of the sequence is part of a context), ``length`` from ``order - 1`` down to 0;
+    all ones (uniform) with nothing earlier."""
+    t = len(seq) - 1
+
+    def context(j: int, length: int) -> tuple:
+        return tuple(seq[i] if i >= 0 else None for i in range(j - length + 1, j + 1))
+
+    for length in range(order - 1, -1, -1):
+        followers = [seq[j + 1] for j in range(t) if context(j, length) == context(t, length)]
+        if followers:
+            return [followers.count(v) for v in range(num_symbols)]
+    return [1] * num_symbols
+
+
+def _argmax(counts: list) -> int:
+    return max(range(len(counts)), key=lambda v: (counts[v], -v))
+
+
+def _ngram_generate(prefix: list[int], order: int, num_symbols: int, max_new: int, stop: int) -> list[int]:
+    seq, out = list(prefix), []
+    while len(out) < max_new and (not out or out[-1] != stop):
+        out.append(_argmax(_ngram_counts(seq, order, num_symbols)))
+        seq.append(out[-1])
+    return out
+
+
+def test_ngram_greedy_continuations_worked_by_hand():
+    # Letters a=0, b=1, delimiter 2. Row 0 reads "| a b | b a |", row 1 only "|".
+    prefixes = torch.tensor([[2, 0, 1, 2, 1, 0, 2], [2, 2, 2, 2, 2, 2, 2]])
+    lengths = torch.tensor([7, 1])
+    greedy = torch.zeros(2)
+    # 2-gram, row 0: "|" was followed by a and b (a tie: a); "a" by b and "|" (b); "b" by "|" and a
+    # (a); then a by b twice and "|" once (b), and so on: it never ends. Row 1: uniform at the
+    # first position (a), then the only earlier next token, a.
+    tokens, count = ngram_continuations(prefixes, lengths, 2, 3, 5, 2, greedy)
+    assert tokens.tolist() == [[0, 1, 0, 1, 0], [0, 0, 0, 0, 0]] and count.tolist() == [5, 5]
+    # 3-gram, row 0: "a |" never came before, so back off to "|" (a); "| a" was followed by b;
+    # "a b" by "|": the string "a b".
+    tokens, count = ngram_continuations(prefixes, lengths, 3, 3, 5, 2, greedy)
+    assert tokens[0].tolist() == [0, 1, 2, -1, -1] and count.tolist() == [3, 5]
+    transitions = torch.tensor([[[1, -1], [-1, 0]], [[1, -1], [-1, 0]]])  # 0 -a-> 1 -b-> 0
+    accepted, ended, _ = walk(transitions, tokens, count, 2)
+    assert accepted.tolist() == [True, False] and ended.tolist() == [True, False]
+
+
+def test_ngram_continuations_equal_a_plain_python_generator():
+    task = tasks.build("dfa", num_letters=4, min_alphabet=2, max_alphabet=4, min_states=2, max_states=4,
+                       max_edges=2, min_strings=1, max_strings=4, max_length=5)
+    data = task.sample(24, seed=3)
+    inputs, S, stop = data["inputs"], task.num_letters + 1, task.delimiter
+    start = torch.tensor([max(t for t, x in enumerate(row) if x == stop) + 1 for row in inputs.tolist()])
+    hot = torch.tensor([0.0] * 24 + [0.7] * 24)
+    max_new = task.max_length + 1
+    verdicts = []
+    for order in (2, 3):
+        tokens, count = ngram_continuations(inputs.repeat(2, 1), start.repeat(2), order, S, max_new, stop, hot,
+                                            torch.Generator().manual_seed(0))
+        again = ngram_continuations(inputs.repeat(2, 1), start.repeat(2), order, S, max_new, stop, hot,
+                                    torch.Generator().manual_seed(0))
+        assert torch.equal(tokens, again[0]) and torch.equal(count, again[1])
+        accepted, ended, _ = walk(data["transitions"].repeat(2, 1, 1), tokens, count, stop)
+        for i in range(48):
+            prefix = inputs[i % 24, :start[i % 24]].tolist()
+            generated = tokens[i, :count[i]].tolist()
+            assert (tokens[i, count[i]:] == -1).all()
+            if i < 24:
+                assert generated == _ngram_generate(prefix, order, S, max_new, stop), (order, i)
+            else:  # each sampled symbol is one the n-gram gives a positive probability
+                for j, token in enumerate(generated):
+                    assert _ngram_counts(prefix + generated[:j], order, S)[token] > 0, (order, i, j)
+                assert len(generated) == max_new or generated[-1] == stop
+            expected = _accepts(data["transitions"][i % 24].tolist(), generated, stop)
+            assert (bool(accepted[i]), bool(ended[i])) == expected, (order, i)
+            verdicts.append(expected)
+    assert len(set(verdicts)) == 3, verdicts  # accepted, rejected and unfinished strings all occur
+
+
+def test_sampled_ngram_continuations_follow_the_tempered_distribution():
+    prefix = [2, 0, 1, 2, 0, 0, 2, 0, 1, 2, 0]  # "| a b | a a | a b | a": a was followed by b, a, "|", b
+    n, temperature = 6000, 0.5
+    tokens, _ = ngram_continuations(torch.tensor([prefix] * n), torch.full((n,), len(prefix)), 2, 3, 1, 2,
+                                    torch.full((n,), temperature), torch.Generator().manual_seed(0))
+    counts = torch.tensor(_ngram_counts(prefix, 2, 3), dtype=torch.float64)
+    assert counts.tolist() == [1, 2, 1]
+    expected = counts ** (1 / temperature) / (counts ** (1 / temperature)).sum()  # (1/6, 2/3, 1/6)
+    frequencies = torch.bincount(tokens[:, 0], minlength=3).double() / n
+    torch.testing.assert_close(frequencies, expected, atol=0.02, rtol=0)
+
+
+def test_dfa_accuracy_by_string_and_ngram_acceptance_equal_plain_loops(tmp_path):
+    task = tasks.build("dfa", num_letters=4, min_alphabet=2, max_alphabet=4, min_states=2, max_states=4,
+                       max_edges=2, min_strings=2, max_strings=4, max_length=4)
+    data = task.sample(16, seed=1)
+    torch.manual_seed(0)
+    model = TokenLM(vocab_size=task.vocab_size, max_len=task.seq_len, d_model=16, n_layers=1).eval()
+    torch.nn.init.normal_(model.head.weight, std=3.0)
+    settings = Settings(out=tmp_path, device=torch.device("cpu"), batch_size=6, seed=0, samples=0, temperature=1.0)
+    r = evaluate_dfa(model, task, data, settings)
+    with torch.no_grad():
+        predicted = model(data["inputs"]).argmax(-1)
+    S, d = task.num_letters + 1, task.delimiter
+    hits = {name: [0] * task.max_strings for name in ("model", 2, 3)}
+    scored = [0] * task.max_strings
+    accepted = {2: 0, 3: 0}
+    for i in range(16):
+        table, inputs = data["transitions"][i].tolist(), data["inputs"][i].tolist()
+        end = inputs.index(task.pad) if task.pad in inputs else len(inputs)
+        k, state = -1, 0
+        for t in range(end):
+            if inputs[t] == d:
+                k, state = k + 1, 0
+            else:
+                state = table[state][inputs[t]]
+            valid = {a for a in range(task.num_letters) if table[state][a] >= 0} | {d}
+            scored[k] += 1
+            hits["model"][k] += int(predicted[i, t]) in valid
+            for order in (2, 3):
+                hits[order][k] += _argmax(_ngram_counts(inputs[:t + 1], order, S)) in valid
+        start = max(t for t in range(end) if inputs[t] == d) + 1
+        for order in (2, 3):
+            out = _ngram_generate(inputs[:start], order, S, task.max_length + 1, d)
+            accepted[order] += _accepts(table, out, d)[0]
+    curves = r["curves"]
+    expected = {"dfa_accuracy_by_k": "model", "baseline_ngram2_by_k": 2, "baseline_ngram3_by_k": 3}
+    for name, who in expected.items():
+        assert curves[name] == pytest.approx([h / c for h, c in zip(hits[who], scored)]), name
+    assert curves["dfa_accuracy_by_k"] != curves["baseline_ngram2_by_k"]
+    assert r["metrics"]["dfa_accuracy"] == pytest.approx(sum(hits["model"]) / sum(scored))
+    for order in (2, 3):
+        assert r["metrics"][f"ngram{order}_greedy_accepted"] == pytest.approx(accepted[order] / 16)
+        assert r["generation"][f"ngram{order}"]["greedy"]["accepted"] == pytest.approx(accepted[order] / 16)
+        assert 0 <= r["generation"][f"ngram{order}"]["sampled"]["accepted"] <= 1
+    assert 0 < accepted[3] < 16, accepted
+    assert "dfa_accuracy_by_k.png" in r["files"] and "dfa_metrics.png" in r["files"]
+    assert_png(tmp_path / "dfa_accuracy_by_k.png")
+
+
 # ---------------------------------------------------------------------------------------------
 # restoring a checkpoint: which task changes a model can serve
 
@@ -221,7 +361,7 @@ def test_continuous_curves_are_plotted_with_their_baselines(tmp_path, monkeypatc
                             "baseline_zero_by_k": ((batch["ys"] ** 2).sum(0), ones.sum(0))}
 
     monkeypatch.setitem(OBJECTIVES, "stand_in_mse", objective)
-    task = SimpleNamespace(name="stand_in", kind="continuous", objective="stand_in_mse", monitor=("mse", "min"))
+    task = SimpleNamespace(name="stand_in", kind="continuous", objective="stand_in_mse", selection_metric="mse")
     model = lambda xs, ys: xs.sum(-1)  # noqa: E731
     g = torch.Generator().manual_seed(0)
     data = {"xs": torch.randn(10, 5, 3, generator=g), "ys": torch.randn(10, 5, generator=g)}
@@ -306,17 +446,22 @@ def test_dfa_generations_are_checked_against_the_automaton(dfa_run, tmp_path):
     assert_test_metrics_of(dfa_run, r)
     m, gen = r["metrics"], r["generation"]
     for name in ("accuracy", "dfa_accuracy", "tvd", "ngram2_dfa_accuracy", "ngram2_tvd", "ngram3_dfa_accuracy",
-                 "ngram3_tvd", "greedy_accepted", "sampled_accepted"):
+                 "ngram3_tvd", "greedy_accepted", "sampled_accepted", "ngram2_greedy_accepted",
+                 "ngram2_sampled_accepted", "ngram3_greedy_accepted", "ngram3_sampled_accepted"):
         assert 0 <= m[name] <= 1, name
     assert gen["prefixes"] == 64 and gen["max_letters"] == 6 and gen["temperature"] == 0.7
-    for mode in ("greedy", "sampled"):
-        assert gen[mode]["accepted"] == m[f"{mode}_accepted"]
-        assert gen[mode]["accepted"] + gen[mode]["unfinished"] <= 1
-        assert 0 <= gen[mode]["mean_length"] <= 6
+    for who, prefix in (("model", ""), ("ngram2", "ngram2_"), ("ngram3", "ngram3_")):
+        for mode in ("greedy", "sampled"):
+            outcome = gen[mode] if who == "model" else gen[who][mode]
+            assert outcome["accepted"] == m[f"{prefix}{mode}_accepted"]
+            assert outcome["accepted"] + outcome["unfinished"] <= 1
+            assert 0 <= outcome["mean_length"] <= 6
     assert 1 <= gen["reference_mean_length"] <= 6
-    assert set(r["files"]) == {"accuracy_by_position.png", "dfa_metrics.png", "samples.txt"}
-    assert_png(tmp_path / "accuracy_by_position.png")
-    assert_png(tmp_path / "dfa_metrics.png")
+    for name in ("dfa_accuracy_by_k", "baseline_ngram2_by_k", "baseline_ngram3_by_k"):
+        assert len(r["curves"][name]) == 4 and all(0 <= v <= 1 for v in r["curves"][name]), name
+    assert set(r["files"]) == {"accuracy_by_position.png", "dfa_accuracy_by_k.png", "dfa_metrics.png", "samples.txt"}
+    for name in ("accuracy_by_position.png", "dfa_accuracy_by_k.png", "dfa_metrics.png"):
+        assert_png(tmp_path / name)
     text = (tmp_path / "samples.txt").read_text()
     assert re.findall(r"^example (\d+):", text, re.M) == [str(i) for i in range(22)]  # across batches of 20
     assert text.count("  greedy:") == 22 and text.count("  reference:") == 22

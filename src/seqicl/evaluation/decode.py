@@ -33,7 +33,7 @@ def continue_prefixes(model: nn.Module, prefixes: torch.Tensor, lengths: torch.T
     token = prefixes[:, 0]
     for t in range(int(lengths.max()) + max_new - 1):
         logits, state = model.step(token, state)
-        chosen = _choose(logits.float(), temperature, generator)
+        chosen = choose_next(logits.float(), temperature, generator)
         writing = (t >= lengths - 1) & ~done
         out[rows[writing], count[writing]] = chosen[writing]
         count += writing
@@ -45,7 +45,10 @@ def continue_prefixes(model: nn.Module, prefixes: torch.Tensor, lengths: torch.T
     return out, count
 
 
-def _choose(logits: torch.Tensor, temperature: torch.Tensor | None, generator) -> torch.Tensor:
+def choose_next(logits: torch.Tensor, temperature: torch.Tensor | None, generator) -> torch.Tensor:
+    """(n,) next tokens from ``logits`` (n, V): row ``i`` takes ``argmax_v logits[i, v]`` (the lowest
+    id among ties) where ``temperature[i] == 0`` (or ``temperature`` is None), else a draw from
+    ``softmax(logits[i] / temperature[i])`` with ``generator``."""
     greedy = logits.argmax(dim=-1)
     if temperature is None:
         return greedy

@@ -53,14 +53,15 @@ def plot_curves(out: Path, task, curves: dict[str, list]) -> list[str]:
     """A plot per curve named ``<metric>_by_k`` (the metric after ``k`` in-context examples).
 
     The baselines' curves (``baseline_<name>_by_k``) are drawn as extra lines on the plot of the
-    task's monitored metric (``task.monitor``), or of the first curve when that has none.
+    task's selection metric (``task.selection_metric``), or of the first curve when that has none.
     """
     by_k = {name: v for name, v in curves.items() if name.endswith(SUFFIX) and isinstance(v, list)}
     baselines = {name[len(BASELINE):-len(SUFFIX)]: v for name, v in by_k.items() if name.startswith(BASELINE)}
     metrics = [name for name in by_k if not name.startswith(BASELINE)]
     if not metrics:
         return []
-    host = f"{task.monitor[0]}{SUFFIX}" if f"{task.monitor[0]}{SUFFIX}" in metrics else metrics[0]
+    host = f"{task.selection_metric}{SUFFIX}"
+    host = host if host in metrics else metrics[0]
     files = []
     for name in metrics:
         metric = name[:-len(SUFFIX)]

@@ -8,6 +8,8 @@ when the batch has one, else the task's ``num_kv_pairs`` or ``num_pairs`` when i
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,9 +36,10 @@ def pairs_per_example(task, batch: dict) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def token_stats(model: nn.Module, task, batch: dict) -> dict:
+def token_stats(model: nn.Module, task, batch: dict, extra_stats: Callable | None = None) -> dict:
     """``(sum, count)`` statistics of one batch: loss, accuracy, the task's ``eval_stats``,
-    and accuracy per scored position and per number of pairs."""
+    accuracy per scored position and per number of pairs, and ``extra_stats(task, batch, mask,
+    logits)`` when given (an evaluator's own statistics of the same forward pass)."""
     targets = batch["targets"]
     mask = targets != IGNORE_INDEX
     logits = scored_logits(model, batch["inputs"], mask).float()
@@ -45,6 +48,8 @@ def token_stats(model: nn.Module, task, batch: dict) -> dict:
     count = torch.tensor(float(y.numel()), device=y.device)
     stats = {"loss": (F.cross_entropy(logits, y, reduction="sum"), count), "accuracy": (correct.sum(), count)}
     stats.update(task.eval_stats(batch, mask=mask, logits=logits))
+    if extra_stats is not None:
+        stats.update(extra_stats(task, batch, mask, logits))
     position = (mask.cumsum(dim=1) - 1)[mask]
     stats[BY_POSITION] = (torch.bincount(position, weights=correct), torch.bincount(position))
     pairs = pairs_per_example(task, batch)
@@ -62,10 +67,12 @@ def random_guess(task) -> float | None:
 
 
 @register_evaluator("token")
-def evaluate_tokens(model: nn.Module, task, data: dict, settings: Settings) -> dict:
+def evaluate_tokens(model: nn.Module, task, data: dict, settings: Settings,
+                    extra_stats: Callable | None = None) -> dict:
+    """Token metrics over ``data``; vector statistics become curves, ``*_by_k`` ones plotted (``plot_curves``)."""
     totals = Totals()
     for batch in batches(data, settings):
-        totals.add(token_stats(model, task, batch))
+        totals.add(token_stats(model, task, batch, extra_stats))
     metrics = totals.scalars()
     metrics["scored"] = int(totals.sums["accuracy"][1])
     guess = random_guess(task)
