@@ -516,3 +516,13 @@ def test_bad_input_is_one_line(case, message, mqar_run, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not (out / "generate.json").exists()
+
+
+def test_a_compression_checkpoint_is_restored_and_evaluated(tmp_path_factory, tmp_path):
+    run = _train(tmp_path_factory, "compression", "experiment=mad/compression", "task.vocab_size=6", "task.seq_len=9",
+                 "task.num_train_examples=64", "data.batch_size=16", "model.d_model=16")
+    r, _ = generate(tmp_path, f"ckpt={run}/checkpoints/best.ckpt", "split=run")
+    assert_test_metrics_of(run, r)
+    proc = run_module("generate", f"ckpt={run}/checkpoints/best.ckpt", "task.seq_len=12",
+                      f"hydra.run.dir={tmp_path}/longer")
+    assert proc.returncode == 2 and "one decoder position per token" in proc.stderr

@@ -86,7 +86,11 @@ def restore(path: str | os.PathLike, task_overrides: dict | None = None) -> Rest
     weights = model_weights(checkpoint)
     model = _load(build_model(model_cfg, trained), weights, path)
     _check_inputs(model, trained, task)
-    if task.seq_len > model.max_len:
+    if not hasattr(model, "max_len"):  # the auto-encoder: its decoder has one position per token
+        if task.seq_len > model.seq_len:
+            raise ConfigError(f"the task's sequences (seq_len={task.seq_len} with these parameters) are longer than "
+                              f"the auto-encoder's (seq_len={model.seq_len}), which has one decoder position per token")
+    elif task.seq_len > model.max_len:
         model = _load(_lengthened(model, model_cfg, trained, task.seq_len), weights, path)
     step = checkpoint.get("global_step")
     return Restored(model.eval(), task, config, None if step is None else int(step))
@@ -108,7 +112,7 @@ def _check_inputs(model: nn.Module, trained: tasks.Task, task: tasks.Task) -> No
                           f"than the model's embedding ({vocab} tokens)")
     if getattr(trained, "n_dims", None) != getattr(task, "n_dims", None):
         raise ConfigError(f"the model reads inputs of n_dims={trained.n_dims}; the task has n_dims={task.n_dims}")
-    if task.seq_len > model.max_len and getattr(model, "pos_embed", None) is not None:
+    if task.seq_len > getattr(model, "max_len", task.seq_len) and getattr(model, "pos_embed", None) is not None:
         raise ConfigError(f"the task's sequences (seq_len={task.seq_len} with these parameters) are longer than "
                           f"the model's learned positions (max_len={model.max_len})")
 
