@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One round of GPU checks and measurements on a lent GPU machine, in one call (about 10 minutes):
+# One round of GPU checks and measurements on a remote GPU machine, in one call (about 10 minutes):
 #   1. every layer's device path against its float64 reference (fp32 and bf16), then the
 #      flash-linear-attention kernels with impl=fla at d_model 256 (first calls compile for minutes);
 #   2. forward + backward timings of the layers with a fast path, fast path vs reference, at

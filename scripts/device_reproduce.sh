@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run reproduction sweeps on a lent GPU machine and collect their reports in $OUT/results/.
+# Run reproduction sweeps on a remote GPU machine and collect their reports in $OUT/results/.
 #
 #   bash scripts/device_reproduce.sh JOB [JOB ...]
 #
