@@ -48,6 +48,8 @@ def main() -> int:
     if args.fla_d_model:
         cases += [(name, args.fla_d_model, torch.bfloat16, {"impl": "fla"}) for name in names if name in fla_ops.LAYERS]
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     print(f"{'layer':26s} {'d':>4s} {'dtype':8s} {'path':5s} {'forward':>9s} {'grad x':>9s} {'grad θ':>9s}  ok")
     for name, d_model, dtype, extra in cases:
         kw = {**overrides(name, args.seq_len), **extra}
@@ -69,8 +71,7 @@ def main() -> int:
         else:
             print(f"{head} {r['forward']:9.2e} {r['grad_input']:9.2e} "
                   f"{r['grad_params']:9.2e}  {'ok' if r['ok'] else 'FAIL'}", flush=True)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"date": date.today().isoformat(), "device": device,
+        out.write_text(json.dumps({"date": date.today().isoformat(), "device": device,
                                               "torch": torch.__version__, "rows": rows}, indent=2))
     failed = [f"{r['layer']}/{r['d_model']}/{r['dtype']}" for r in rows if not r["ok"]]
     print(f"{len(rows) - len(failed)}/{len(rows)} ok" + (f"; failed: {', '.join(failed)}" if failed else ""))

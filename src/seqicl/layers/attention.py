@@ -92,15 +92,17 @@ class Attention(nn.Module):
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         return k, v
 
+    def _attend(self, q, k, v, dropout_p: float) -> torch.Tensor:
+        """Causal attention over (B, H, T, d) heads: the dispatch point between SDPA and the reference."""
+        if self.impl == "torch":
+            return causal_attention_reference(q, k, v, dropout_p=dropout_p)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, D = x.shape
         q, k, v = self.qkv(x)
         k, v = self._expand_kv(k, v)
-        p = self.dropout if self.training else 0.0
-        if self.impl == "torch":
-            y = causal_attention_reference(q, k, v, dropout_p=p)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
+        y = self._attend(q, k, v, self.dropout if self.training else 0.0)
         return self.out_proj(y.transpose(1, 2).reshape(B, T, D))
 
     # Incremental decoding with a key/value cache: the state grows by one position per step.

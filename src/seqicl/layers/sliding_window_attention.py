@@ -29,19 +29,14 @@ class SlidingWindowAttention(Attention):
                 f"window_size={window_size} is larger than max_len={max_len}")
         self.window_size = window_size
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, D = x.shape
-        q, k, v = self.qkv(x)
-        k, v = self._expand_kv(k, v)
-        p = self.dropout if self.training else 0.0
+    def _attend(self, q, k, v, dropout_p: float) -> torch.Tensor:
+        """Attention to the last ``window_size`` positions: SDPA with a band mask, or the reference."""
         if self.impl == "torch":
-            y = causal_attention_reference(q, k, v, window=self.window_size, dropout_p=p)
-        else:
-            i = torch.arange(T, device=x.device)
-            lag = i[:, None] - i[None, :]
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=(lag >= 0) & (lag < self.window_size),
-                                               dropout_p=p)
-        return self.out_proj(y.transpose(1, 2).reshape(B, T, D))
+            return causal_attention_reference(q, k, v, window=self.window_size, dropout_p=dropout_p)
+        i = torch.arange(q.shape[2], device=q.device)
+        lag = i[:, None] - i[None, :]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=(lag >= 0) & (lag < self.window_size),
+                                              dropout_p=dropout_p)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> dict:
         return {**super().init_state(batch_size, device=device, dtype=dtype), "position": 0}
