@@ -68,6 +68,14 @@ def test_threads_never_share_a_slot_and_fill_every_gpu(tmp_path):
         assert max_overlap(s) == 1, key
 
 
+def test_runs_that_follow_one_another_spread_over_the_gpus(tmp_path):
+    taken = []
+    for _ in range(5):
+        with placement.slot([0, 1], 1, tmp_path) as held:
+            taken.append(held)
+    assert taken == [(0, 0), (1, 0), (0, 0), (1, 0), (0, 0)]
+
+
 def test_first_slots_of_every_gpu_before_second_ones(tmp_path):
     with placement.slot([0, 1], 2, tmp_path) as a, placement.slot([0, 1], 2, tmp_path) as b:
         with placement.slot([0, 1], 2, tmp_path) as c:

@@ -2,7 +2,9 @@
 
 A sweep with ``launcher=joblib gpus=[0,1] runs_per_gpu=2`` has 4 slots, each a lock file in a
 directory the sweep's runs share (``placement.lock_dir``). A run takes the first free slot,
-filling the first slot of every GPU before any second one, waits while none is free, and lets
+filling the first slot of every GPU before any second one and, among free slots of one level,
+the GPU that has been given the fewest runs so far (runs that follow one another still spread
+over the GPUs), waits while none is free, and lets
 it go when it ends, failed or not; a killed run's lock goes with its process (``flock`` locks
 belong to the open file, which the kernel closes). The run then trains on that GPU alone
 (``trainer.devices=[id]``: a joblib worker process runs one run after another, so the device is
@@ -16,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import os
 import time
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -60,9 +63,18 @@ def slot(gpus: list[int], runs_per_gpu: int, lock_dir: str | os.PathLike, poll_s
         f.close()
 
 
+def _acquisitions(lock_dir: Path) -> Counter:
+    """How many runs each GPU has been given so far, from ``placement.log``."""
+    log = lock_dir / LOG
+    lines = log.read_text().splitlines() if log.exists() else []
+    return Counter(int(ln.split()[2].removeprefix("gpu=")) for ln in lines if ln.split()[1:2] == ["acquire"])
+
+
 def _try_any(gpus: list[int], runs_per_gpu: int, lock_dir: Path):
+    given = _acquisitions(lock_dir)
+    order = sorted(gpus, key=lambda gpu: given[gpu])  # stable: ties keep the listed order
     for k in range(runs_per_gpu):
-        for gpu in gpus:
+        for gpu in order:
             f = open(lock_dir / f"gpu{gpu}-slot{k}.lock", "a")
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
