@@ -10,6 +10,10 @@
 # curves.json, plots, command lines) and every run's results.json and metrics.csv are copied to
 # results/OUTNAME, packed into $OUT/results.tgz (few files come back from the machine); checkpoints
 # stay behind.
+#
+# The runs share the GPU through NVIDIA's Multi-Process Service where the machine has it (MPS=0
+# turns it off): without it the GPU time-slices between the runs' processes, and small models,
+# each launching many short kernels, wait on one another. The MPS daemon is stopped on exit.
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
@@ -18,6 +22,19 @@ RESULTS=/tmp/collected/results
 mkdir -p "$RESULTS"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/device.txt"
 date -u +%FT%TZ >> "$OUT/device.txt"
+
+if [[ ${MPS:-1} == 1 ]] && command -v nvidia-cuda-mps-control >/dev/null; then
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps/pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps/log
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  if nvidia-cuda-mps-control -d && python3 -c "import torch; torch.ones(1, device='cuda').sum().item()"; then
+    trap 'echo quit | nvidia-cuda-mps-control' EXIT
+    echo "MPS on" | tee -a "$OUT/device.txt"
+  else
+    echo quit | nvidia-cuda-mps-control 2>/dev/null
+    unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+    echo "MPS failed to start; runs time-slice the GPU" | tee -a "$OUT/device.txt"
+  fi
+fi
 
 collect() {
   local name=$1 src=$2 dst=$RESULTS/$1

@@ -126,3 +126,13 @@ def test_experiment_trains_twenty_steps(tmp_path, experiment, model):
     res = run_train(tmp_path, experiment, "task.context_len=32")
     assert res["status"] == "completed" and res["steps"] == 20 and res["model"] == model
     assert 0.0 <= res["test"]["accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("layer,own", [("lstm", "LSTM"), ("mamba", "Mamba")])
+def test_ngram_variants_add_three_ngram_blocks_to_the_recurrent_model(layer, own):
+    c = compose_experiment(f"dfa/{layer}_ngram")
+    model = build_model(c["model"], build_task(c["task"]))
+    assert mixers(model) == [own] * 4 + ["NGram"] * 3
+    assert [b.mixer.n for b in model.blocks[4:]] == [1, 2, 3]
+    assert all(b.state_mixer is not None for b in model.blocks[4:])
+    assert all((b.state_mixer is None) == (layer == "mamba") for b in model.blocks[:4])

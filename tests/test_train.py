@@ -79,3 +79,32 @@ def test_bad_input_is_one_line(override, message, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_throughput_skips_the_first_steps_and_validation(monkeypatch):
+    from types import SimpleNamespace
+
+    from seqicl.training import callbacks
+
+    clock = iter([10.0, 13.0, 15.0, 20.0])   # start, validation start, validation end, end
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(clock))
+    cb = callbacks.Throughput(skip=3)
+    trainer = SimpleNamespace(global_step=5, sanity_checking=False)
+    module = SimpleNamespace(device=torch.device("cpu"))
+    cb.on_train_start(trainer, module)
+    for step in range(6, 8):                 # 2 steps after a resume at step 5: still warming up
+        trainer.global_step = step
+        cb.on_train_batch_end(trainer, module, None, None, 0)
+    assert cb.start is None
+    trainer.global_step = 8
+    cb.on_train_batch_end(trainer, module, None, None, 0)
+    cb.on_validation_start(trainer, module)
+    cb.on_validation_end(trainer, module)
+    trainer.global_step = 18
+    cb.on_train_end(trainer, module)
+    assert cb.steps_per_s == pytest.approx(10 / (20.0 - 10.0 - 2.0))
+
+
+def test_throughput_is_none_for_a_run_shorter_than_its_warm_up(finished_run):
+    out, _ = finished_run
+    assert json.loads((out / "results.json").read_text())["train_steps_per_s"] is None

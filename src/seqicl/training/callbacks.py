@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import time
 
 import lightning.pytorch as pl
+import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 
@@ -25,6 +27,49 @@ class StopAtAccuracy(pl.Callback):
         reached = float(value) >= self.threshold if self.mode == "max" else float(value) <= self.threshold
         if reached:
             trainer.should_stop = True
+
+
+class Throughput(pl.Callback):
+    """Training steps per second after the first ``skip`` steps, time spent in validation excluded.
+
+    The first steps pay for compilation, autotuning and the allocator's warm-up; the rate after
+    them is what a longer run of the same configuration sustains. The clock is read after a
+    device synchronisation at those boundaries only (the start, each validation, the end), never
+    per step. ``steps_per_s`` is ``None`` when the run ended before ``skip`` steps.
+    """
+
+    def __init__(self, skip: int = 50):
+        self.skip = skip
+        self.origin = self.start = self.first = self.val_start = None
+        self.paused = 0.0
+        self.steps_per_s: float | None = None
+
+    @staticmethod
+    def _now(pl_module) -> float:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        return time.perf_counter()
+
+    def on_train_start(self, trainer, pl_module):
+        self.origin, self.start, self.paused, self.steps_per_s = trainer.global_step, None, 0.0, None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.start is None and trainer.global_step - self.origin >= self.skip:
+            self.start, self.first = self._now(pl_module), trainer.global_step
+
+    def on_validation_start(self, trainer, pl_module):
+        if self.start is not None and not trainer.sanity_checking:
+            self.val_start = self._now(pl_module)
+
+    def on_validation_end(self, trainer, pl_module):
+        if self.val_start is not None:
+            self.paused += self._now(pl_module) - self.val_start
+            self.val_start = None
+
+    def on_train_end(self, trainer, pl_module):
+        steps = trainer.global_step - self.first if self.start is not None else 0
+        if steps > 0:
+            self.steps_per_s = steps / (self._now(pl_module) - self.start - self.paused)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

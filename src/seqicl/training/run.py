@@ -25,7 +25,7 @@ from seqicl.models import build_model, count_parameters, state_size
 from seqicl.plugins import import_modules
 from seqicl.tasks.datamodule import TaskDataModule, check_world_size
 from seqicl.training import distributed, placement
-from seqicl.training.callbacks import AtomicCheckpointIO, StopAtAccuracy
+from seqicl.training.callbacks import AtomicCheckpointIO, StopAtAccuracy, Throughput
 from seqicl.training.module import Diverged, SeqICLModule
 
 
@@ -72,7 +72,7 @@ def _loggers(cfg: dict, out: Path):
 
 
 def _callbacks(cfg: dict, out: Path, task: tasks.Task) -> list:
-    cbs = []
+    cbs = [Throughput()]
     if cfg.get("checkpoint", True):
         cbs.append(ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best",
                                    monitor=f"val/{task.selection_metric}", mode=task.selection_mode,
@@ -224,6 +224,7 @@ def _train(c: dict, out: Path, make_model: Callable[[tasks.Task], nn.Module] | N
         "steps": int(trainer.global_step),
         "wall_time_s": round(time.time() - start, 2),
         "train_time_s": round(fit_time, 2),
+        "train_steps_per_s": _steady_rate(trainer),
         "best_checkpoint": best,
         "val": module.final_metrics.get("val", {}),
         "test": module.final_metrics.get("test", {}),
@@ -233,6 +234,12 @@ def _train(c: dict, out: Path, make_model: Callable[[tasks.Task], nn.Module] | N
     if trainer.is_global_zero:
         write_results(out, results)
     return results
+
+
+def _steady_rate(trainer: pl.Trainer) -> float | None:
+    """Training steps per second after the first steps, validation excluded (``Throughput``)."""
+    rate = next((cb.steps_per_s for cb in trainer.callbacks if isinstance(cb, Throughput)), None)
+    return None if rate is None else round(rate, 2)
 
 
 def read_checkpoint_step(path) -> int:
