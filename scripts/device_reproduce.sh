@@ -6,7 +6,9 @@
 # Each JOB is "OUTNAME:SWEEP:N_JOBS[:override ...]" (overrides separated by spaces inside one
 # quoted argument) and runs `python -m sweep sweep=SWEEP trainer=gpu launcher=joblib n_jobs=N_JOBS`
 # into /tmp/sweeps/OUTNAME; all JOBs run at the same time on the one GPU. A JOB "train:OUTNAME:..."
-# runs a single `python -m train trainer=gpu ...` instead. The reports (report.md, results.csv,
+# runs a single `python -m train trainer=gpu ...` instead, and "run:NAME:COMMAND" any other command
+# (its output in $OUT/NAME.log). Every job is stopped after JOB_S seconds (default 530), so the
+# collection below always runs within one 10-minute call. The reports (report.md, results.csv,
 # curves.json, plots, command lines) and every run's results.json and metrics.csv are copied to
 # results/OUTNAME, packed into $OUT/results.tgz (few files come back from the machine); checkpoints
 # stay behind.
@@ -49,11 +51,14 @@ collect() {
 pids=()
 for job in "$@"; do
   IFS=: read -r kind rest <<<"$job"
-  if [[ $kind == train ]]; then
+  if [[ $kind == run ]]; then
+    IFS=: read -r name cmd <<<"$rest"
+    ( timeout "${JOB_S:-530}" bash -c "$cmd" >"$OUT/$name.log" 2>&1; echo "exit $?" >>"$OUT/$name.log" ) &
+  elif [[ $kind == train ]]; then
     IFS=: read -r name overrides <<<"$rest"
     ( start=$(date +%s)
       # shellcheck disable=SC2086
-      python3 -m train trainer=gpu callbacks.progress_bar=none hydra.run.dir=/tmp/sweeps/$name $overrides \
+      timeout "${JOB_S:-530}" python3 -m train trainer=gpu callbacks.progress_bar=none hydra.run.dir=/tmp/sweeps/$name $overrides \
         >"$OUT/$name.log" 2>&1
       echo "exit $? after $(( $(date +%s) - start )) s" >>"$OUT/$name.log"
       collect "$name" /tmp/sweeps/$name ) &
@@ -62,7 +67,7 @@ for job in "$@"; do
     name=$kind
     ( start=$(date +%s)
       # shellcheck disable=SC2086
-      python3 -m sweep sweep="$sweep" trainer=gpu launcher=joblib n_jobs="$n_jobs" \
+      timeout "${JOB_S:-530}" python3 -m sweep sweep="$sweep" trainer=gpu launcher=joblib n_jobs="$n_jobs" \
         sweep.out_dir=/tmp/sweeps/$name $overrides >"$OUT/$name.log" 2>&1
       echo "exit $? after $(( $(date +%s) - start )) s" >>"$OUT/$name.log"
       collect "$name" /tmp/sweeps/$name ) &

@@ -68,11 +68,14 @@ class SeqICLModule(pl.LightningModule):
         if aux:
             loss = loss + sum(aux)
         self._watch_divergence(loss)
-        # In a data-parallel run, rank 0's share of the batch (syncing every step would cost a barrier).
-        self.log("train/loss", loss, prog_bar=True)
-        if "loss_targets" not in batch and "accuracy" in stats:
-            s, c = stats["accuracy"]
-            self.log("train/accuracy", s / c.clamp(min=1))
+        # Lightning writes step metrics every log_every_n_steps steps only (when (step + 1) is a
+        # multiple of it); logging on the other steps would cost host time for values never written.
+        if (self.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0:
+            # In a data-parallel run, rank 0's share of the batch (syncing every step would cost a barrier).
+            self.log("train/loss", loss, prog_bar=True)
+            if "loss_targets" not in batch and "accuracy" in stats:
+                s, c = stats["accuracy"]
+                self.log("train/accuracy", s / c.clamp(min=1))
         return loss
 
     def _watch_divergence(self, loss: torch.Tensor) -> None:
