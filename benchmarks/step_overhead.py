@@ -11,6 +11,7 @@ visible. Prints steps/s per variant and writes JSON.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from datetime import date
@@ -30,17 +31,18 @@ def loop(steps: int, device: str, data: str, clip: bool, compiled: bool) -> floa
     task = tasks.build("mqar", vocab_size=8192, seq_len=64, num_kv_pairs=8)
     model = TokenLM(8192, 64, d_model=128, n_layers=2, mixer={"name": "attention", "n_heads": 2},
                     state_mixer="mlp").to(device)
-    if compiled:
-        model = torch.compile(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1, fused=not clip and device == "cuda")
     stream = TrainBatches(task, 256, seed=0, steps_per_epoch=10**9, device=device if data == "device" else "cpu")
     fixed = batch_to(task.sample(256, seed=1), device) if data == "fixed" else None
     it = iter(stream)
+    loss_fn = functools.partial(cross_entropy, model, task=task, train=True)
+    if compiled:
+        loss_fn = torch.compile(loss_fn)
 
     def step():
         batch = fixed if fixed is not None else batch_to(next(it), device)
         with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=device == "cuda"):
-            loss, _ = cross_entropy(model, batch, task, train=True)
+            loss, _ = loss_fn(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if clip:

@@ -108,3 +108,30 @@ def test_throughput_skips_the_first_steps_and_validation(monkeypatch):
 def test_throughput_is_none_for_a_run_shorter_than_its_warm_up(finished_run):
     out, _ = finished_run
     assert json.loads((out / "results.json").read_text())["train_steps_per_s"] is None
+
+
+def test_compiled_training_goes_through_the_model_and_the_loss():
+    """compile=... compiles the objective's path (hidden states, scored positions, head, loss),
+    not only the model's forward, which the objective never calls."""
+    import seqicl.tasks as tasks
+    from seqicl.models import TokenLM
+    from seqicl.training.module import SeqICLModule
+
+    task = tasks.build("mqar", vocab_size=64, seq_len=16, num_kv_pairs=2)
+    torch.manual_seed(0)
+    model = TokenLM(64, 16, d_model=16, n_layers=1, mixer={"name": "attention", "n_heads": 2}, state_mixer="mlp")
+    module = SeqICLModule(model, task, {"lr": 1e-3}, {"name": "constant"}, max_steps=10)
+    batch = task.sample(4, seed=0)
+    eager, _ = module._train_loss(batch)
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm.code)
+        return gm.forward
+
+    module.compile_training(backend=backend)
+    compiled, stats = module._train_loss(batch)
+    assert len(graphs) == 1
+    assert "head" in graphs[0] and "embed" in graphs[0] and "cross_entropy" in graphs[0]
+    assert torch.allclose(compiled, eager) and set(stats) == {"loss", "accuracy"}
+    assert list(module.model.state_dict()) == list(model.state_dict())

@@ -81,7 +81,10 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k, v = self.kv_proj(x).view(B, T, 2, self.n_kv_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if self.positions == "rotary":
-            cos, sin = rotary_tables(offset + T, self.head_dim, self.rotary_base, x.device, q.dtype)
+            # Eagerly the tables come from the cache; under torch.compile they are computed inside
+            # the graph (where they cost nothing), as the compiler does not trace through the cache.
+            tables = rotary_tables.__wrapped__ if torch.compiler.is_compiling() else rotary_tables
+            cos, sin = tables(offset + T, self.head_dim, self.rotary_base, x.device, q.dtype)
             cos, sin = cos[offset:], sin[offset:]
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         return q, k, v

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import lightning.pytorch as pl
@@ -58,12 +59,29 @@ class SeqICLModule(pl.LightningModule):
         self.final_metrics: dict[str, dict] = {}
         self.divergence_check_every = 50
         self._first_bad_step: torch.Tensor | None = None
+        self._train_loss = functools.partial(self.objective, self.model, task=task, train=True)
+        self._cudagraphs = False
+
+    def compile_training(self, mode: str | None = None, **kwargs) -> None:
+        """Compile the training loss, the model's forward through the objective (scored positions,
+        loss, statistics), with ``torch.compile(mode=mode, **kwargs)``; its backward follows.
+
+        The objective reaches the model through its own methods (``hidden``, ``head``), so
+        compiling the model's ``forward`` alone would leave the training step uncompiled.
+        ``mode="reduce-overhead"`` records CUDA graphs: each step is then marked as a new one, so
+        the graphs may reuse their output buffers. The model itself stays unwrapped (checkpoints
+        keep their parameter names); evaluation runs uncompiled.
+        """
+        self._train_loss = torch.compile(self._train_loss, mode=mode, **kwargs)
+        self._cudagraphs = mode == "reduce-overhead"
 
     def forward(self, *args):
         return self.model(*args)
 
     def training_step(self, batch, batch_idx):
-        loss, stats = self.objective(self.model, batch, self.task, train=True)
+        if self._cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        loss, stats = self._train_loss(batch)
         aux = [m.aux_loss for m in self._aux_modules if getattr(m, "aux_loss", None) is not None]
         if aux:
             loss = loss + sum(aux)

@@ -196,7 +196,7 @@ def _train(c: dict, out: Path, make_model: Callable[[tasks.Task], nn.Module] | N
                          plugins=[AtomicCheckpointIO()])
     module.divergence_check_every = max(1, int(trainer_cfg.get("log_every_n_steps") or 50))
     if c.get("compile") and trainer_cfg.get("accelerator") in ("gpu", "cuda", "auto") and torch.cuda.is_available():
-        module.model = torch.compile(module.model, **({} if c["compile"] is True else {"mode": c["compile"]}))
+        module.compile_training(mode=None if c["compile"] is True else c["compile"])
     start = time.time()
     base = {"task": task.name, "task_params": task.params(), "model": describe_model(c["model"]),
             "params": count_parameters(model), "state_size": state_size(model, getattr(task, "seq_len", 0)),
