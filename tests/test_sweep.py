@@ -3,6 +3,9 @@ override lists and the report's extensions (random guess, reference lines, sever
 
 import json
 import math
+import subprocess
+import threading
+import time
 
 import numpy as np
 import pandas as pd
@@ -137,6 +140,30 @@ def test_override_list_axis_expands_into_one_multirun_per_value(tmp_path):
         assert cmd[-1] == "hydra.job.config.override_dirname.exclude_keys=[callbacks.progress_bar,data.batch_size," \
                           "data.test_size,data.val_size,model.d_model,model.n_layers,trainer,trainer.max_steps]"
     assert [r["setting"] for r in engine.collect(protocol)][:2] == ["task.num_kv_pairs=2"] * 2
+
+
+@pytest.mark.parametrize("launcher,at_once", [([], 1), (["hydra.launcher.n_jobs=2"], 1),
+                                             (["hydra.launcher.n_jobs=4"], 2), (["hydra.launcher.n_jobs=9"], 3)])
+def test_multiruns_of_override_lists_run_side_by_side_within_n_jobs(tmp_path, monkeypatch, launcher, at_once):
+    """Each setting is its own multirun of 2 runs (seed 0, 1): n_jobs=4 runs two settings at once."""
+    protocol = write_protocol(tmp_path / "bundles.yaml", SETTINGS.replace(
+        "    - [task.num_kv_pairs=2, task.seq_len=24]\n",
+        "    - [task.num_kv_pairs=2, task.seq_len=24]\n    - [task.num_kv_pairs=3]\n"))
+    running, most = [], []
+    lock = threading.Lock()
+
+    def fake_run(cmd, cwd):
+        with lock:
+            running.append(cmd)
+            most.append(len(running))
+        time.sleep(0.2)
+        with lock:
+            running.remove(cmd)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(engine.subprocess, "run", fake_run)
+    assert engine.launch(protocol, [], launcher) == 0
+    assert len(most) == 3 and max(most) == at_once
 
 
 def test_dry_run_lists_the_overrides_of_each_setting(tmp_path):

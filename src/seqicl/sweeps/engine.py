@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -268,13 +270,27 @@ def _quote(text: str) -> str:
 
 def launch(protocol: Protocol, forwarded: list[str], launcher: list[str]) -> int:
     """Run the grid; finished runs are skipped by the runs themselves. Returns the exit code
-    (the first non-zero one of the multiruns)."""
+    (the first non-zero one of the multiruns).
+
+    A grid with override-list axes is one multirun per combination of their values; with
+    ``launcher=joblib`` several of those run at once, as many as keep the runs in flight
+    within ``n_jobs``."""
     commands = train_commands(protocol, forwarded, launcher)
     protocol.out_dir.mkdir(parents=True, exist_ok=True)
     (protocol.out_dir / "command.txt").write_text("".join(" ".join(_shell(a) for a in cmd[1:]) + "\n"
                                                           for cmd in commands))
-    codes = [subprocess.run(cmd, cwd=ROOT).returncode for cmd in commands]
+    with ThreadPoolExecutor(multiruns_at_once(protocol, launcher, len(commands))) as pool:
+        codes = list(pool.map(lambda cmd: subprocess.run(cmd, cwd=ROOT).returncode, commands))
     return next((c for c in codes if c), 0)
+
+
+def multiruns_at_once(protocol: Protocol, launcher: list[str], n_commands: int) -> int:
+    """How many of the grid's multiruns run at the same time: ``n_jobs`` (the launcher's
+    ``hydra.launcher.n_jobs``; 1 without it) divided by the runs each multirun holds."""
+    n_jobs = next((int(o.split("=", 1)[1]) for o in reversed(launcher) if o.startswith("hydra.launcher.n_jobs=")), 1)
+    bundled = override_axes(protocol.grid)
+    per_multirun = math.prod(len(v) for axis, v in protocol.grid.items() if axis not in bundled)
+    return max(1, min(n_commands, n_jobs // per_multirun))
 
 
 def _shell(arg: str) -> str:
