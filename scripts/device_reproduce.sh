@@ -29,7 +29,8 @@ if [[ ${MPS:-1} == 1 ]] && command -v nvidia-cuda-mps-control >/dev/null; then
   export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps/pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps/log
   mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
   if nvidia-cuda-mps-control -d && python3 -c "import torch; torch.ones(1, device='cuda').sum().item()"; then
-    trap 'echo quit | nvidia-cuda-mps-control' EXIT
+    # Runs cut short can leave joblib workers behind, and the daemon waits for its clients to exit.
+    trap 'pkill -KILL -f "loky|-m train|-m sweep"; timeout 15 bash -c "echo quit | nvidia-cuda-mps-control"' EXIT
     echo "MPS on" | tee -a "$OUT/device.txt"
   else
     echo quit | nvidia-cuda-mps-control 2>/dev/null
