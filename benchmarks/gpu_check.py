@@ -8,7 +8,8 @@ for the layers that record one) and writes JSON after every row (a run cut short
 measured); exits 1 if any exceeds its dtype's tolerance. Every layer runs at --d-model with its
 default dispatch; the layers with fla kernels run again at --fla-d-model in bf16 with
 ``impl=fla``, where their default head sizes are ones the kernels take (at d_model 64 GLA's key
-size is 8, which they do not) and including the kernels ``impl=auto`` does not take yet. A kernel
+size is 8, which they do not) and including the kernels ``impl=auto`` does not take yet; sliding-
+window attention runs again with ``impl=flex`` (FlexAttention). A kernel
 that fla itself refuses on this GPU is reported as refused, not as a failure.
 """
 
@@ -45,6 +46,9 @@ def main() -> int:
     rows = []
     names = args.layers or layers.available()
     cases = [(name, args.d_model, dtype, {}) for name in names for dtype in (torch.float32, torch.bfloat16)]
+    if "sliding_window_attention" in names:
+        cases += [("sliding_window_attention", args.d_model, dtype, {"impl": "flex"})
+                  for dtype in (torch.float32, torch.bfloat16)]
     if args.fla_d_model:
         cases += [(name, args.fla_d_model, torch.bfloat16, {"impl": "fla"}) for name in names if name in fla_ops.LAYERS]
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device
@@ -63,7 +67,7 @@ def main() -> int:
                  "error": f"{type(e).__name__}: {e}".splitlines()[0], "ok": False}
         r["impl"] = extra.get("impl", "auto")
         rows.append(r)
-        head = f"{name:26s} {d_model:4d} {r['dtype']:8s} {r['path'] or '-':5s}"
+        head = f"{name:26s} {d_model:4d} {r['dtype']:8s} {r['path'] or extra.get('impl', '-'):5s}"
         if "error" in r:
             print(f"{head} ERROR {r['error']}", flush=True)
         elif "refused" in r:

@@ -54,10 +54,14 @@ FLAG_RATIO = 20.0
 VOCAB = 64  # token ids for layers that read them (ngram)
 
 
-def variants(name: str) -> list[dict]:
-    """Overrides to time: the default dispatch, and the reference where the layer has ``impl``."""
+def variants(name: str, device: str) -> list[dict]:
+    """Overrides to time: the default dispatch, the reference where the layer has ``impl``, and
+    on CUDA the opt-in fast paths (FlexAttention for sliding-window attention)."""
     impl = layers.defaults(name).get("impl")
-    return [{}] + ([{"impl": "torch"}] if impl is not None and impl != "torch" else [])
+    out = [{}] + ([{"impl": "torch"}] if impl is not None and impl != "torch" else [])
+    if device == "cuda" and name == "sliding_window_attention":
+        out.append({"impl": "flex"})
+    return out
 
 
 def fit_to_length(name: str, seq: int) -> dict:
@@ -229,7 +233,7 @@ def main() -> None:
     rows, reference_ms = [], {}
     for seq in args.seq:
         for name in names:
-            for variant in variants(name):
+            for variant in variants(name, args.device):
                 spec = {"layer": name, "variant": variant, "seq": seq, "batch": args.batch, "d_model": args.d_model,
                         "repeats": args.repeats, "warmup": args.warmup, "threads": torch.get_num_threads()}
                 result = measure_cuda(spec) if args.device == "cuda" else measure_cpu(spec, args.timeout)

@@ -17,6 +17,12 @@ def test_device_path_matches_reference(name, dtype):
     assert r["ok"], r
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_flex_sliding_window_matches_reference(dtype):
+    r = compare_to_reference("sliding_window_attention", "cuda", dtype, seq_len=128, window_size=32, impl="flex")
+    assert r["ok"], r
+
+
 def test_training_step_on_gpu(tmp_path):
     from helpers import FAST, run_module
 

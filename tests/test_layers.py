@@ -114,11 +114,38 @@ def test_unknown_layer_and_parameter_errors():
         layers.build("attention", d_model=10, max_len=8, n_heads=4)
 
 
-def test_attention_reference_matches_sdpa_and_gqa():
-    x, _ = inputs()
-    for kv in (2, 1):
+@pytest.mark.parametrize("name,extra", [("attention", {}), ("sliding_window_attention", {"window_size": 3})])
+def test_attention_reference_matches_sdpa_and_gqa(name, extra):
+    """SDPA shares the key/value heads of grouped-query attention inside the kernel (enable_gqa);
+    the reference repeats them."""
+    for kv in (4, 2, 1):
+        x, _ = inputs()
+        x.requires_grad_(True)
         torch.manual_seed(0)
-        fast = layers.build("attention", d_model=D, max_len=T, n_heads=2, n_kv_heads=kv)
-        ref = layers.build("attention", d_model=D, max_len=T, n_heads=2, n_kv_heads=kv, impl="torch")
+        fast = layers.build(name, d_model=D, max_len=T, n_heads=4, n_kv_heads=kv, **extra)
+        ref = layers.build(name, d_model=D, max_len=T, n_heads=4, n_kv_heads=kv, impl="torch", **extra)
         ref.load_state_dict(fast.state_dict())
-        torch.testing.assert_close(fast(x), ref(x), atol=1e-5, rtol=1e-5)
+        y_fast, y_ref = fast(x), ref(x)
+        torch.testing.assert_close(y_fast, y_ref, atol=1e-5, rtol=1e-5)
+        g_fast, = torch.autograd.grad(y_fast.square().sum(), x)
+        g_ref, = torch.autograd.grad(y_ref.square().sum(), x)
+        torch.testing.assert_close(g_fast, g_ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_flex_sliding_window_matches_the_reference():
+    """impl=flex with GQA, compiled through Inductor's CPU backend here: the forward only, as
+    FlexAttention has no backward on CPU (benchmarks/gpu_check.py checks both on a GPU)."""
+    x, _ = inputs()
+    torch.manual_seed(0)
+    kw = {"d_model": D, "max_len": T, "n_heads": 4, "n_kv_heads": 2, "window_size": 3}
+    flex = layers.build("sliding_window_attention", impl="flex", **kw)
+    ref = layers.build("sliding_window_attention", impl="torch", **kw)
+    ref.load_state_dict(flex.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(flex(x), ref(x), atol=1e-5, rtol=1e-5)
+
+
+def test_flex_has_no_attention_dropout():
+    with pytest.raises(ConfigError, match="impl=flex has no attention dropout"):
+        layers.build("sliding_window_attention", d_model=D, max_len=T, window_size=3, impl="flex", dropout=0.1)

@@ -53,6 +53,8 @@ class Attention(nn.Module):
     ``"torch"`` the written-out reference.
     """
 
+    IMPLS = ("auto", "torch")
+
     def __init__(self, d_model: int, max_len: int, n_heads: int = 2, n_kv_heads: int | None = None,
                  positions: str = "rotary", rotary_base: float = 10000.0, dropout: float = 0.0,
                  bias: bool = False, impl: str = "auto"):
@@ -64,8 +66,9 @@ class Attention(nn.Module):
             raise ConfigError(f"{self.layer_name}: n_heads={n_heads} is not divisible by n_kv_heads={n_kv_heads}")
         if positions not in ("rotary", "none"):
             raise ConfigError(f"{self.layer_name}: positions must be rotary or none, got {positions!r}")
-        if impl not in ("auto", "torch"):
-            raise ConfigError(f"{self.layer_name}: impl must be auto or torch, got {impl!r}")
+        if impl not in self.IMPLS:
+            raise ConfigError(f"{self.layer_name}: impl must be {', '.join(self.IMPLS[:-1])} or {self.IMPLS[-1]}, "
+                              f"got {impl!r}")
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
         self.head_dim = d_model // n_heads
         if positions == "rotary" and self.head_dim % 2:
@@ -96,15 +99,16 @@ class Attention(nn.Module):
         return k, v
 
     def _attend(self, q, k, v, dropout_p: float) -> torch.Tensor:
-        """Causal attention over (B, H, T, d) heads: the dispatch point between SDPA and the reference."""
+        """Causal attention of q (B, H, T, d) over k, v (B, H_kv, T, d): the dispatch point between
+        SDPA (grouped-query heads shared inside the kernel) and the reference."""
         if self.impl == "torch":
-            return causal_attention_reference(q, k, v, dropout_p=dropout_p)
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+            return causal_attention_reference(q, *self._expand_kv(k, v), dropout_p=dropout_p)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p,
+                                              enable_gqa=self.n_kv_heads != self.n_heads)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, D = x.shape
         q, k, v = self.qkv(x)
-        k, v = self._expand_kv(k, v)
         y = self._attend(q, k, v, self.dropout if self.training else 0.0)
         return self.out_proj(y.transpose(1, 2).reshape(B, T, D))
 
