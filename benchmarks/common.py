@@ -63,8 +63,9 @@ def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
         print("  ".join(just(s, w, r) for s, w, r in zip(c, widths, numeric)).rstrip())
 
 
-def write_json(path: str | Path, meta: dict, settings: dict, rows: list[dict]) -> None:
+def write_json(path: str | Path, meta: dict, settings: dict, rows: list[dict], announce: bool = True) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"meta": meta, "settings": settings, "rows": rows}, indent=2) + "\n")
-    print(f"wrote {path}")
+    if announce:
+        print(f"wrote {path}")

@@ -47,7 +47,7 @@ import torch
 
 from common import ROOT, describe, machine, print_table, write_json
 from seqicl import layers
-from seqicl.layers.fla_ops import fast_path_name
+from seqicl.layers.fla_ops import AUTO_UNCHECKED, fast_path_name
 
 REFERENCE = "attention"
 FLAG_RATIO = 20.0
@@ -56,11 +56,14 @@ VOCAB = 64  # token ids for layers that read them (ngram)
 
 def variants(name: str, device: str) -> list[dict]:
     """Overrides to time: the default dispatch, the reference where the layer has ``impl``, and
-    on CUDA the opt-in fast paths (FlexAttention for sliding-window attention)."""
+    on CUDA the opt-in fast paths (FlexAttention for sliding-window attention; the fla kernels
+    that ``impl=auto`` does not take yet)."""
     impl = layers.defaults(name).get("impl")
     out = [{}] + ([{"impl": "torch"}] if impl is not None and impl != "torch" else [])
     if device == "cuda" and name == "sliding_window_attention":
         out.append({"impl": "flex"})
+    if device == "cuda" and name in AUTO_UNCHECKED:
+        out.append({"impl": "fla"})
     return out
 
 
@@ -230,6 +233,10 @@ def main() -> None:
     meta = machine(args.device)
     print(describe(meta), flush=True)
 
+    settings = {"device": args.device, "dtype": "bf16 autocast" if args.device == "cuda" else "float32",
+                "batch": args.batch, "seq": args.seq, "d_model": args.d_model, "repeats": args.repeats,
+                "warmup": args.warmup, "pass": "forward + backward, training mode"}
+    out = args.out or ROOT / f"benchmarks/results/layers_{args.device}.json"
     rows, reference_ms = [], {}
     for seq in args.seq:
         for name in names:
@@ -253,6 +260,7 @@ def main() -> None:
                 print(f"{name:26s} {row['variant']:11s} seq {seq:5d}  "
                       + (f"{row['ms']:10.2f} ms  {row['peak_mib']:9.1f} MiB" if "ms" in row else row["error"]),
                       flush=True)
+                write_json(out, meta, settings, rows, announce=False)  # a run cut short keeps what it measured
 
     print()
     print_table(rows, [("layer", "layer", ""), ("variant", "variant", ""), ("path", "path", ""), ("kind", "kind", ""),
@@ -261,10 +269,7 @@ def main() -> None:
     flagged = sorted({f"{r['layer']} ({r['variant']})" for r in rows if r.get("over_20x")})
     if flagged:
         print(f"over {FLAG_RATIO:g}x {REFERENCE}: {', '.join(flagged)}")
-    settings = {"device": args.device, "dtype": "bf16 autocast" if args.device == "cuda" else "float32",
-                "batch": args.batch, "seq": args.seq, "d_model": args.d_model, "repeats": args.repeats,
-                "warmup": args.warmup, "pass": "forward + backward, training mode"}
-    write_json(args.out or ROOT / f"benchmarks/results/layers_{args.device}.json", meta, settings, rows)
+    write_json(out, meta, settings, rows)
 
 
 if __name__ == "__main__":
