@@ -87,6 +87,13 @@ def _rank_main(env: dict, fn: Callable, args: tuple) -> None:
     except Exception as e:  # noqa: BLE001 - one line per failed rank; rank 0 names the rank
         print(f"rank {env['RANK']}: {type(e).__name__}: {e}".splitlines()[0], file=sys.stderr)
         sys.exit(1)
+    finally:
+        # Leave the process group before the interpreter exits: torn down at exit instead, its
+        # worker threads can still be running, and the process aborts (std::terminate).
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 @contextmanager
