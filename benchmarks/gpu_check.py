@@ -8,9 +8,9 @@ for the layers that record one) and writes JSON after every row (a run cut short
 measured); exits 1 if any exceeds its dtype's tolerance. Every layer runs at --d-model with its
 default dispatch; the layers with fla kernels run again at --fla-d-model in bf16 with
 ``impl=fla``, where their default head sizes are ones the kernels take (at d_model 64 GLA's key
-size is 8, which they do not) and including the kernels ``impl=auto`` does not take yet; sliding-
-window attention runs again with ``impl=flex`` (FlexAttention). A kernel
-that fla itself refuses on this GPU is reported as refused, not as a failure.
+size is 8, which they do not) and including the kernels ``impl=auto`` does not take yet.
+Sliding-window attention runs again with ``impl=flex`` (FlexAttention). A kernel that fla itself
+refuses on this GPU is reported as refused, not as a failure.
 """
 
 from __future__ import annotations

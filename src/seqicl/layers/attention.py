@@ -103,8 +103,13 @@ class Attention(nn.Module):
         SDPA (grouped-query heads shared inside the kernel) and the reference."""
         if self.impl == "torch":
             return causal_attention_reference(q, *self._expand_kv(k, v), dropout_p=dropout_p)
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p,
-                                              enable_gqa=self.n_kv_heads != self.n_heads)
+        return self._sdpa(q, k, v, dropout_p, is_causal=True)
+
+    def _sdpa(self, q, k, v, dropout_p: float, **mask) -> torch.Tensor:
+        """``scaled_dot_product_attention`` with grouped-query key/value heads shared inside the
+        kernel; ``mask``: ``is_causal`` or ``attn_mask``."""
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, enable_gqa=self.n_kv_heads != self.n_heads,
+                                              **mask)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, D = x.shape

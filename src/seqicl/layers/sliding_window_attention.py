@@ -46,11 +46,11 @@ class SlidingWindowAttention(Attention):
 
     Local attention as in Longformer (Beltagy et al. 2020) and the sliding-window layers of Based
     (Arora et al. 2024); everything else (GQA, rotary positions, ``impl``) is ``attention``'s.
-    Incremental decoding keeps only the last ``window_size`` keys and values. ``impl``: ``"auto"``
-    passes a band mask to ``scaled_dot_product_attention``; ``"flex"`` runs FlexAttention, which
-    skips the blocks outside the band (compiled on its first call for each shape; no dropout;
-    no backward on a CPU);
-    ``"torch"`` the written-out reference.
+    Incremental decoding keeps only the last ``window_size`` keys and values.
+
+    ``impl``: ``"auto"`` passes a band mask to ``scaled_dot_product_attention``; ``"flex"`` runs
+    FlexAttention, which skips the blocks outside the band (compiled on its first call for each
+    shape; no dropout; no backward on a CPU); ``"torch"`` the written-out reference.
     """
 
     IMPLS = ("auto", "torch", "flex")
@@ -75,8 +75,7 @@ class SlidingWindowAttention(Attention):
             return flex_window_attention(q, k, v, self.window_size)
         i = torch.arange(q.shape[2], device=q.device)
         lag = i[:, None] - i[None, :]
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=(lag >= 0) & (lag < self.window_size),
-                                              dropout_p=dropout_p, enable_gqa=self.n_kv_heads != self.n_heads)
+        return self._sdpa(q, k, v, dropout_p, attn_mask=(lag >= 0) & (lag < self.window_size))
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> dict:
         return {**super().init_state(batch_size, device=device, dtype=dtype), "position": 0}
