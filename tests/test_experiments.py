@@ -90,8 +90,10 @@ def test_mqar_experiments_are_zoologys_two_layers_without_mlps(layer, task):
     model = build_model(c["model"], built)
     assert model.d_model == 128
     assert all(b.state_mixer is None for b in model.blocks)
-    hybrid = layer in ("based", "rebased")
-    assert len(model.blocks) == (4 if hybrid else 2)
+    assert len(model.blocks) == 2
+    if layer in ("based", "rebased"):
+        assert mixers(model) == ["BaseConv", "Based" if layer == "based" else "ReBased"]
+    assert built.random_non_queries is False
     if layer == "h3":
         assert model.blocks[0].mixer.d_state == built.seq_len
 
