@@ -398,3 +398,10 @@ def test_curve_limits_clip_only_a_reference_far_above_the_models():
     assert curve_limits(model, [np.array([1.0, 0.5, 0.0])]) is None
     assert curve_limits(model, [np.array([21.0, 3.0, 0.5]), np.array([1.0, -0.2, 0.0])]) == (-0.2, 1.5)
     assert curve_limits([], [np.array([5.0])]) is None
+
+
+def test_a_dotted_grid_axis_can_be_narrowed_from_the_command_line():
+    protocol = engine.load_protocol("zoology_mqar_short", ["grid.model.d_model=[64]", "grid.experiment=[a]"])
+    assert protocol.grid["model.d_model"] == [64] and protocol.grid["experiment"] == ["a"]
+    with pytest.raises(ConfigError, match="sweep override"):
+        engine.load_protocol("zoology_mqar_short", ["grid.model.n_layers=[1]"])
