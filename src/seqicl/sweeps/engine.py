@@ -72,7 +72,7 @@ def load_protocol(name: str, overrides: list[str] = ()) -> Protocol:
     cfg.setdefault("out_dir", f"outputs/sweeps/{cfg.get('name', path.stem)}")
     cfg.setdefault("select", {})
     cfg.setdefault("report", {})
-    overrides = _set_dotted_axes(cfg, overrides)
+    overrides = _set_grid_axes(cfg, overrides)
     OmegaConf.set_struct(cfg, True)
     try:
         cfg.merge_with_dotlist(list(overrides))
@@ -111,16 +111,16 @@ def _is_override_list(value) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(v, str) and "=" in v for v in value)
 
 
-def _set_dotted_axes(cfg, overrides) -> list[str]:
-    """Apply the overrides of grid axes whose names hold dots (``grid.model.d_model=[64]``), which a
-    dotted path cannot reach; return the others."""
+def _set_grid_axes(cfg, overrides) -> list[str]:
+    """Apply the overrides of existing grid axes (``grid.experiment=[...]``), by axis name: an axis
+    named with dots (``grid.model.d_model=[64]``) is one key, which a dotted path cannot reach;
+    return the other overrides."""
     axes = set(cfg.get("grid") or {})
     rest = []
     for override in overrides:
         key, sep, value = override.partition("=")
-        axis = key.removeprefix("grid.")
-        if sep and key.startswith("grid.") and "." in axis and axis in axes:
-            cfg.grid[axis] = OmegaConf.from_dotlist([f"value={value}"]).value
+        if sep and key.startswith("grid.") and key.removeprefix("grid.") in axes:
+            cfg.grid[key.removeprefix("grid.")] = OmegaConf.from_dotlist([f"value={value}"]).value
         else:
             rest.append(override)
     return rest
