@@ -2,7 +2,7 @@
 
 ``sweep=NAME`` picks ``configs/sweep/NAME.yaml`` (or ``sweep=path/to/protocol.yaml``); ``launcher=basic|joblib|submitit`` picks
 ``configs/launcher/``, whose settings follow (``n_jobs=8``; joblib's ``gpus=[0,1] runs_per_gpu=2``); ``sweep.KEY=VALUE`` changes the protocol (e.g. ``sweep.out_dir=...``,
-``sweep.dry_run=true``); every other ``key=value`` is passed to each training run.
+``sweep.dry_run=true``; ``+sweep.grid.AXIS=[...]`` adds a grid axis, ``~sweep.grid.AXIS`` removes one); every other ``key=value`` is passed to each training run.
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ def main(argv: list[str]) -> int:
         elif arg.split("=", 1)[0] in ("gpus", "runs_per_gpu"):
             key, _, value = arg.partition("=")
             launcher_settings[key] = yaml.safe_load(value)
-        elif arg.startswith("sweep."):
-            sweep_overrides.append(arg[len("sweep."):])
+        elif arg.lstrip("+~").startswith("sweep."):
+            prefix = arg[:len(arg) - len(arg.lstrip("+~"))]
+            sweep_overrides.append(prefix + arg[len(prefix) + len("sweep."):])
         else:
             forwarded.append(arg)
     console = Console()
@@ -43,19 +44,22 @@ def main(argv: list[str]) -> int:
         if name is None:
             raise ConfigError(f"name a protocol with sweep=NAME; available: {', '.join(engine.available())}")
         protocol = engine.load_protocol(name, sweep_overrides)
+        engine.check_forwarded(protocol, forwarded)
         launch_args = engine.launcher_overrides(launcher, n_jobs, launcher_settings, protocol.out_dir)
     except ConfigError as e:
         fail(e)
     runs = engine.expand(protocol)
+    for run in engine.first_run_per_command(protocol):
+        overrides = [*protocol.base, *forwarded, *engine.run_overrides(protocol, run)]
+        check_overrides("train", select_layer_configs([*overrides, f"hydra.run.dir={protocol.out_dir}"]))
     if dry or protocol.dry_run:
+        console.print("every run: " + " ".join([*protocol.base, *forwarded]), soft_wrap=True, markup=False,
+                      highlight=False)
         for run in runs:
             console.print(" ".join(engine.run_overrides(protocol, run)), soft_wrap=True, markup=False,
                           highlight=False)
         console.print(f"{len(runs)} runs in sweep {protocol.name} (into {protocol.out_dir})")
         return 0
-    for run in engine.first_run_per_command(protocol):
-        overrides = [*protocol.base, *forwarded, *engine.run_overrides(protocol, run)]
-        check_overrides("train", select_layer_configs([*overrides, f"hydra.run.dir={protocol.out_dir}"]))
     skipped = engine.count_finished(protocol)
     console.print(f"sweep {protocol.name}: {len(runs)} runs, {skipped} already finished, launcher {launcher}")
     code = engine.launch(protocol, forwarded, launch_args)

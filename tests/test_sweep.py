@@ -171,7 +171,8 @@ def test_dry_run_lists_the_overrides_of_each_setting(tmp_path):
     proc = run_module("sweep", f"sweep={tmp_path / 'bundles.yaml'}", "--dry-run", timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[:4] == ["task.num_kv_pairs=2 seed=0", "task.num_kv_pairs=2 seed=1",
+    assert lines[0].startswith("every run: ")
+    assert lines[1:5] == ["task.num_kv_pairs=2 seed=0", "task.num_kv_pairs=2 seed=1",
                          "task.num_kv_pairs=2 task.seq_len=24 seed=0", "task.num_kv_pairs=2 task.seq_len=24 seed=1"]
     assert "4 runs in sweep bundles" in proc.stdout
 
@@ -403,5 +404,44 @@ def test_curve_limits_clip_only_a_reference_far_above_the_models():
 def test_a_dotted_grid_axis_can_be_narrowed_from_the_command_line():
     protocol = engine.load_protocol("zoology_mqar_short", ["grid.model.d_model=[64]", "grid.experiment=[a]"])
     assert protocol.grid["model.d_model"] == [64] and protocol.grid["experiment"] == ["a"]
-    with pytest.raises(ConfigError, match="sweep override"):
+    with pytest.raises(ConfigError, match=r"add it with \+sweep.grid.model.n_layers"):
         engine.load_protocol("zoology_mqar_short", ["grid.model.n_layers=[1]"])
+
+
+def test_grid_axes_can_be_added_and_removed_from_the_command_line():
+    protocol = engine.load_protocol("zoology_mqar_short", ["+grid.task=[mqar_zoology_64,mqar_zoology_128]",
+                                                           "~grid.model.d_model"])
+    assert protocol.grid["task"] == ["mqar_zoology_64", "mqar_zoology_128"] and "model.d_model" not in protocol.grid
+    assert len(engine.expand(protocol)) == 2 * len(protocol.grid["experiment"])
+    for bad, message in (("+grid.experiment=[a]", r"replace it with sweep.grid.experiment"),
+                         ("~grid.seed", "no grid axis 'seed'"), ("+out_dir=/tmp/x", "only grid axes")):
+        with pytest.raises(ConfigError, match=message):
+            engine.load_protocol("zoology_mqar_short", [bad])
+
+
+def test_added_axes_reach_the_runs_and_the_dry_run_shows_every_override():
+    proc = run_module("sweep", "sweep=zoology_mqar_short", "+sweep.grid.task=[mqar_zoology_64]",
+                      "sweep.grid.model.d_model=[64]", "sweep.grid.experiment=[synthetics/mqar/h3]",
+                      "trainer.max_steps=7", "--dry-run", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "trainer.max_steps=7" in lines[0] and "task=mqar_zoology_256" in lines[0]
+    assert lines[1].split() == ["experiment=synthetics/mqar/h3", "model.d_model=64", "task=mqar_zoology_64"]
+
+
+def test_a_base_override_of_a_grid_key_gives_way_to_the_axis_and_the_run_names_keep_it():
+    protocol = engine.load_protocol("zoology_mqar_short", ["+grid.task=[mqar_zoology_64,mqar_zoology_128]"])
+    [cmd] = engine.train_commands(protocol, [], [])
+    assert "task=mqar_zoology_256" not in cmd and "task=mqar_zoology_64,mqar_zoology_128" in cmd
+    excluded = cmd[-1].partition("=[")[2].rstrip("]").split(",")
+    assert "task" not in excluded and "optim.lr" in excluded
+
+
+def test_a_command_line_override_of_a_grid_key_is_an_error(tmp_path):
+    protocol = engine.load_protocol("zoology_mqar_short")
+    with pytest.raises(ConfigError, match=r"varies model.d_model .*sweep.grid.model.d_model=\[\.\.\.\]"):
+        engine.check_forwarded(protocol, ["model.d_model=32"])
+    bundles = write_protocol(tmp_path / "bundles.yaml", SETTINGS)
+    with pytest.raises(ConfigError, match="grid axis 'setting'"):
+        engine.check_forwarded(bundles, ["task.seq_len=30"])
+    engine.check_forwarded(protocol, ["trainer.max_steps=3", "task.num_kv_pairs=8"])

@@ -82,6 +82,7 @@ def benchmark(make_model_fn: Callable, protocol: str = "mad", out_dir: str | Pat
     out_dir = Path(out_dir) if out_dir is not None else Path("outputs") / "benchmarks" / name / model_id
     spec = engine.load_protocol(str(protocol), [f"out_dir={out_dir}"])
     forwarded = to_overrides(overrides)
+    engine.check_forwarded(spec, forwarded)
     runs = engine.expand(spec)
     _check_model_settings(make_model_fn, forwarded, list(spec.grid))
     skipped = 0

@@ -112,17 +112,34 @@ def _is_override_list(value) -> bool:
 
 
 def _set_grid_axes(cfg, overrides) -> list[str]:
-    """Apply the overrides of existing grid axes (``grid.experiment=[...]``), by axis name: an axis
-    named with dots (``grid.model.d_model=[64]``) is one key, which a dotted path cannot reach;
-    return the other overrides."""
-    axes = set(cfg.get("grid") or {})
+    """Apply the overrides of grid axes, by axis name: ``grid.AXIS=[...]`` replaces the values of an
+    axis, ``+grid.AXIS=[...]`` adds an axis, ``~grid.AXIS`` removes one. An axis named with dots
+    (``grid.model.d_model=[64]``) is one key, which a dotted path cannot reach. Return the other
+    overrides; any other ``+`` or ``~`` override is an error."""
+    if cfg.get("grid") is None:
+        cfg.grid = {}
     rest = []
     for override in overrides:
         key, sep, value = override.partition("=")
-        if sep and key.startswith("grid.") and key.removeprefix("grid.") in axes:
-            cfg.grid[key.removeprefix("grid.")] = OmegaConf.from_dotlist([f"value={value}"]).value
-        else:
+        prefix = key[:len(key) - len(key.lstrip("+~"))]
+        axis = key[len(prefix):].removeprefix("grid.")
+        if not key[len(prefix):].startswith("grid."):
+            if prefix:
+                raise ConfigError(f"sweep override {override!r}: only grid axes can be added (+) or removed (~); "
+                                  "set other protocol keys with sweep.KEY=VALUE")
             rest.append(override)
+        elif prefix == "~":
+            if axis not in cfg.grid:
+                raise ConfigError(f"sweep override {override!r}: no grid axis {axis!r}; axes: {', '.join(cfg.grid)}")
+            del cfg.grid[axis]
+        elif prefix in ("", "+") and sep:
+            if (axis in cfg.grid) != (prefix == ""):
+                hint = "replace it with sweep.grid" if axis in cfg.grid else "add it with +sweep.grid"
+                raise ConfigError(f"sweep override {override!r}: {hint}.{axis}=[...]; axes: {', '.join(cfg.grid)}")
+            cfg.grid[axis] = OmegaConf.from_dotlist([f"value={value}"]).value
+        else:
+            raise ConfigError(f"sweep override {override!r}: write sweep.grid.AXIS=[...], +sweep.grid.AXIS=[...] "
+                              "or ~sweep.grid.AXIS")
     return rest
 
 
@@ -133,6 +150,25 @@ def override_axes(grid: dict) -> list[str]:
 
 def _override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
+
+
+def grid_keys(grid: dict) -> set[str]:
+    """The override keys that the grid sets: its axes, and the keys of its override-list axes."""
+    bundled = override_axes(grid)
+    return {axis for axis in grid if axis not in bundled} | {
+        _override_key(o) for axis in bundled for values in grid[axis] for o in values}
+
+
+def check_forwarded(protocol: Protocol, forwarded: list[str]) -> None:
+    """An override given on the command line for a key that the grid varies would be silently
+    overridden by every run: an error, naming the way to narrow the axis instead."""
+    for override in forwarded:
+        key = _override_key(override)
+        if key in grid_keys(protocol.grid):
+            axis = key if key in protocol.grid else next(a for a in override_axes(protocol.grid)
+                                                          if key in {_override_key(o) for v in protocol.grid[a] for o in v})
+            raise ConfigError(f"{override!r}: sweep {protocol.name} varies {key} (grid axis {axis!r}); "
+                              f"narrow the axis instead, e.g. sweep.grid.{axis}=[...]")
 
 
 def _check_override_axes(name: str, grid: dict) -> None:
@@ -266,8 +302,11 @@ def train_commands(protocol: Protocol, forwarded: list[str], launcher: list[str]
         varying = [*(o for overrides in combo for o in overrides), *sweep_args]
         # Layer configs selected by a _target_ (or plug-in name) in the base or the forwarded
         # overrides are shared by every run, so they do not appear in the run directories' names.
-        n = len(protocol.base) + len(forwarded)
-        everything = select_layer_configs([*protocol.base, *forwarded, *varying])
+        # A base override of a key that the grid varies would be overridden by every run anyway;
+        # left in, it would also be left out of the run directories' names with the shared ones.
+        base = [o for o in protocol.base if _override_key(o) not in grid_keys(protocol.grid)]
+        n = len(base) + len(forwarded)
+        everything = select_layer_configs([*base, *forwarded, *varying])
         shared = everything[:n] + everything[n + len(varying):]
         # The launcher's run settings (placement.*) are not part of the names either.
         keys = {_override_key(o) for o in [*shared, *launcher] if not o.startswith("hydra")}
