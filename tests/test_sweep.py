@@ -211,6 +211,37 @@ def test_collect_finds_the_most_specific_setting_of_each_run(tmp_path):
     assert rows[("task.num_kv_pairs=2", 1)]["status"] == "missing"
 
 
+def test_a_grid_axis_named_like_a_results_field_keeps_its_values(tmp_path):
+    protocol = write_protocol(tmp_path / "tasks.yaml", "name: tasks\ngrid:\n  task: [mqar_zoology_64, mqar_zoology_128]\n"
+                              "report: {rows: [model], columns: [task]}\n" f"out_dir: {tmp_path / 'out'}\n")
+    for task, accuracy in (("mqar_zoology_64", 0.9), ("mqar_zoology_128", 0.4)):
+        fake_run(protocol.out_dir, task, [f"task={task}"],
+                 {"task": "mqar", "model": "h3", "val": {"accuracy": accuracy}, "test": {"accuracy": accuracy}})
+    rows = engine.collect(protocol)
+    assert [r["task"] for r in rows] == ["mqar_zoology_64", "mqar_zoology_128"] and rows[0]["model"] == "h3"
+    [(_, table)] = write_report(rows, protocol)["tables"]["test.accuracy"]
+    assert table.loc["h3"].tolist() == [0.9, 0.4]
+
+
+def test_an_axis_the_report_does_not_name_gets_rows_and_panels_instead_of_being_averaged(tmp_path):
+    grid = {"experiment": ["a", "b"], "task": ["t64", "t128"], "optim.lr": [0.1, 0.01]}
+    rows = [{"experiment": e, "task": t, "optim.lr": lr, "status": "completed", "run_dir": None,
+             "val.accuracy": lr, "test.accuracy": (0.9 if t == "t64" else 0.3) + lr}
+            for e in grid["experiment"] for t in grid["task"] for lr in grid["optim.lr"]]
+    protocol = protocol_for(tmp_path, grid, {"rows": ["experiment"], "plot": {"x": "experiment"}},
+                            {"over": ["optim.lr"]})
+    report = write_report(rows, protocol)
+    [(_, table)] = report["tables"]["test.accuracy"]
+    assert table.index.tolist() == [("a", "t64"), ("a", "t128"), ("b", "t64"), ("b", "t128")]
+    assert table["test.accuracy"].round(3).tolist() == [1.0, 0.4, 1.0, 0.4]
+    md = (protocol.out_dir / "report.md").read_text()
+    [note] = [line for line in md.splitlines() if "which the protocol's report does not name" in line]
+    assert "a row per value of task," in note and "a panel per value of task." in note and "optim.lr" not in note
+    protocol.report = {"rows": ["experiment"], "average_over": ["task"]}
+    [(_, table)] = write_report(rows, protocol)["tables"]["test.accuracy"]
+    assert table["test.accuracy"].round(3).tolist() == [0.7, 0.7]
+
+
 def test_override_list_sweep_runs_and_resumes(tmp_path):
     (tmp_path / "bundles.yaml").write_text(SETTINGS.replace("  seed: [0, 1]\n", "  seed: [0]\n"))
     args = ("sweep", f"sweep={tmp_path / 'bundles.yaml'}", f"sweep.out_dir={tmp_path / 'out'}")
@@ -275,7 +306,7 @@ def test_random_guess_row_comes_from_each_runs_task_config(tmp_path):
     (_, table), = report["tables"]["test.accuracy"]
     assert table.loc["random guess", "induction_head"] == pytest.approx(guess["induction_head"])
 
-    protocol.report = {"metric": "test.accuracy", "rows": ["task"], "random_guess": True}
+    protocol.report = {"metric": "test.accuracy", "rows": ["task"], "average_over": ["experiment"], "random_guess": True}
     write_report(rows, protocol)
     md = (protocol.out_dir / "report.md").read_text()
     assert "| task | test.accuracy | random guess |" in md

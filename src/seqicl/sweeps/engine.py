@@ -400,7 +400,9 @@ def collect(protocol: Protocol) -> list[dict]:
             row["status"] = r.get("status", "unknown")
             row["error"] = r.get("error")
             for key in ("task", "model", "params", "state_size", "steps", "wall_time_s"):
-                row[key] = r.get(key)
+                # A grid axis of that name (task=mqar_zoology_64) keeps its value: the run's task
+                # name (mqar) would merge the runs of different settings.
+                row.setdefault(key, r.get(key))
             for split in ("val", "test"):
                 for metric, value in (r.get(split) or {}).items():
                     row[f"{split}.{metric}"] = value

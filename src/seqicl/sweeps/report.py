@@ -21,6 +21,7 @@ The ``report`` section of a protocol:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -69,6 +70,11 @@ def _natural(value):
     if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
         return (0, float(value), [])
     return (1, 0.0, [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", str(value))])
+
+
+def _natural_key(label) -> list:
+    """``_natural`` for a table label: one value, or a tuple of them (several rows or columns)."""
+    return [_natural(v) for v in (label if isinstance(label, tuple) else (label,))]
 
 
 def _facet_values(df: pd.DataFrame, facet: str | None) -> list:
@@ -138,8 +144,10 @@ def summary_table(best: pd.DataFrame, protocol: Protocol, metric: str | None = N
         data = data.groupby(keep, dropna=False)[metric].mean().reset_index()
     if cols:
         table = data.pivot_table(index=rows, columns=cols, values=metric, aggfunc="mean")
+        table = table[sorted(table.columns, key=_natural_key)]
     else:
         table = data.groupby(rows, dropna=False)[metric].mean().to_frame(metric)
+    table = table.loc[sorted(table.index, key=_natural_key)]
     if rep.get("random_guess"):
         guess = _with_random_guess(best)
         if cols:
@@ -324,6 +332,41 @@ def write_curves(df: pd.DataFrame, protocol: Protocol, path: Path) -> None:
     path.write_text(json.dumps(records, indent=1))
 
 
+def hidden_axes(best: pd.DataFrame, protocol: Protocol, keys: list[str]) -> list[str]:
+    """The grid axes (other than ``report.average_over`` and ``select.over``) whose values differ between selected runs
+    that ``keys`` (a table's rows, columns and facet, or a plot's) put in the same cell: shown as
+    they are, those runs would be averaged without a word."""
+    keys = [k for k in keys if k and k in best]
+    if best.empty or not keys:
+        return []
+    average = {*protocol.report.get("average_over", []), *protocol.select.get("over", [])}
+    groups = best.groupby(keys, dropna=False)
+    return [a for a in protocol.grid if a in best and a not in keys and a not in average
+            and (groups[a].nunique(dropna=False) > 1).any()]
+
+
+def _shown_axes(best: pd.DataFrame, protocol: Protocol) -> tuple[Protocol, list[str]]:
+    """The protocol with the report's hidden axes shown: added to the tables' rows, and as the
+    plot's facet where it has none and one axis is hidden from it; and a sentence saying so."""
+    rep = protocol.report
+    notes = []
+    table_hidden = hidden_axes(best, protocol, [*rep.get("rows", []), *rep.get("columns", []), rep.get("facet")])
+    report = dict(rep)
+    if table_hidden and rep.get("rows"):
+        report["rows"] = [*rep["rows"], *table_hidden]
+        notes.append(f"The tables also have a row per value of {', '.join(table_hidden)}, "
+                     "which the protocol's report does not name.")
+    spec = rep.get("plot")
+    if spec:
+        plot_hidden = hidden_axes(best, protocol, [spec.get("x"), spec.get("series"), spec.get("facet")])
+        if len(plot_hidden) == 1 and not spec.get("facet"):
+            report["plot"] = {**spec, "facet": plot_hidden[0]}
+            notes.append(f"The plot has a panel per value of {plot_hidden[0]}.")
+        elif plot_hidden:
+            notes.append(f"The plot averages over {', '.join(plot_hidden)}.")
+    return dataclasses.replace(protocol, report=report), notes
+
+
 def write_report(rows: list[dict], protocol: Protocol, skipped: int = 0) -> dict:
     """Write results.csv, curves.json (when runs report list-valued metrics), report.md and plots
     into the sweep directory; return the counts, the tables (per metric, titled) and the plots."""
@@ -338,6 +381,7 @@ def write_report(rows: list[dict], protocol: Protocol, skipped: int = 0) -> dict
     counts["total"] = len(df)
     counts["skipped"] = skipped
     best = select_best(df, protocol)
+    protocol, notes = _shown_axes(best, protocol)
     metrics = report_metrics(protocol)
     tables = {metric: summary_tables(best, protocol, metric) for metric in metrics}
     plots = plot(best, protocol, out)
@@ -355,6 +399,8 @@ def write_report(rows: list[dict], protocol: Protocol, skipped: int = 0) -> dict
                   f"(validation); the tables show {shown}.", ""]
     if protocol.report.get("average_over"):
         lines += [f"Tables average over {', '.join(protocol.report['average_over'])}.", ""]
+    if notes:
+        lines += [" ".join(notes), ""]
     spec = protocol.report.get("plot") or {}
     for metric in metrics:
         if len(metrics) > 1:

@@ -176,6 +176,8 @@ def _launch(c: dict, output_dir: str | os.PathLike, make_model: Callable[[tasks.
 def _train(c: dict, out: Path, make_model: Callable[[tasks.Task], nn.Module] | None) -> dict:
     """One process's part of ``train``: all of it, outside of a data-parallel run."""
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
+    # The run directory always holds Hydra's files (.hydra/, the log) before the CSV logger starts.
+    warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
     # Evaluation metrics are summed over the ranks before they are logged (SeqICLModule._eval_end).
     warnings.filterwarnings("ignore", message=".*sync_dist=True.*when logging on epoch level in distributed")
     quiet_lightning_console()
