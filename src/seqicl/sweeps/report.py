@@ -232,8 +232,13 @@ def plot(best: pd.DataFrame, protocol: Protocol, out: Path) -> list[Path]:
             for i, (ref, value) in enumerate(_reference_values(sub, refs).items()):
                 ax.axhline(value, color="0.3", linewidth=1, linestyle=REFERENCE_STYLES[i % len(REFERENCE_STYLES)],
                            label=ref)
-            if spec.get("logx"):
-                ax.set_xscale("log", base=2)
+            if pd.api.types.is_numeric_dtype(sub[x]):
+                if spec.get("logx"):
+                    ax.set_xscale("log", base=2)
+            elif max((len(_label(v)) for v in sub[x].unique()), default=0) > 6:
+                ax.tick_params(axis="x", labelrotation=25)
+                for label in ax.get_xticklabels():
+                    label.set_horizontalalignment("right")
             ax.set_xlabel(x)
             ax.set_title(f"{facet}={_label(fv)}" if fv is not None else protocol.name, fontsize=9)
             ax.grid(alpha=0.3)
