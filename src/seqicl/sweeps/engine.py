@@ -152,23 +152,24 @@ def _override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
-def grid_keys(grid: dict) -> set[str]:
-    """The override keys that the grid sets: its axes, and the keys of its override-list axes."""
+def grid_keys(grid: dict) -> dict[str, str]:
+    """The override keys that the grid sets, each with its axis: an axis is its own key; an axis
+    of override lists sets the keys of its overrides."""
     bundled = override_axes(grid)
-    return {axis for axis in grid if axis not in bundled} | {
-        _override_key(o) for axis in bundled for values in grid[axis] for o in values}
+    keys = {axis: axis for axis in grid if axis not in bundled}
+    keys.update({_override_key(o): axis for axis in bundled for values in grid[axis] for o in values})
+    return keys
 
 
 def check_forwarded(protocol: Protocol, forwarded: list[str]) -> None:
     """An override given on the command line for a key that the grid varies would be silently
     overridden by every run: an error, naming the way to narrow the axis instead."""
+    keys = grid_keys(protocol.grid)
     for override in forwarded:
-        key = _override_key(override)
-        if key in grid_keys(protocol.grid):
-            axis = key if key in protocol.grid else next(a for a in override_axes(protocol.grid)
-                                                          if key in {_override_key(o) for v in protocol.grid[a] for o in v})
-            raise ConfigError(f"{override!r}: sweep {protocol.name} varies {key} (grid axis {axis!r}); "
-                              f"narrow the axis instead, e.g. sweep.grid.{axis}=[...]")
+        axis = keys.get(_override_key(override))
+        if axis is not None:
+            raise ConfigError(f"{override!r}: sweep {protocol.name} varies {_override_key(override)} (grid axis "
+                              f"{axis!r}); narrow the axis instead, e.g. sweep.grid.{axis}=[...]")
 
 
 def _check_override_axes(name: str, grid: dict) -> None:
@@ -304,7 +305,8 @@ def train_commands(protocol: Protocol, forwarded: list[str], launcher: list[str]
         # overrides are shared by every run, so they do not appear in the run directories' names.
         # A base override of a key that the grid varies would be overridden by every run anyway;
         # left in, it would also be left out of the run directories' names with the shared ones.
-        base = [o for o in protocol.base if _override_key(o) not in grid_keys(protocol.grid)]
+        varied = grid_keys(protocol.grid)
+        base = [o for o in protocol.base if _override_key(o) not in varied]
         n = len(base) + len(forwarded)
         everything = select_layer_configs([*base, *forwarded, *varying])
         shared = everything[:n] + everything[n + len(varying):]

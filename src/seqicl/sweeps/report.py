@@ -338,9 +338,9 @@ def write_curves(df: pd.DataFrame, protocol: Protocol, path: Path) -> None:
 
 
 def hidden_axes(best: pd.DataFrame, protocol: Protocol, keys: list[str]) -> list[str]:
-    """The grid axes (other than ``report.average_over`` and ``select.over``) whose values differ between selected runs
-    that ``keys`` (a table's rows, columns and facet, or a plot's) put in the same cell: shown as
-    they are, those runs would be averaged without a word."""
+    """The grid axes (other than ``report.average_over`` and ``select.over``) whose values differ
+    between selected runs that ``keys`` (a table's rows, columns and facet, or a plot's) put in the
+    same cell: shown as they are, those runs would be averaged without a word."""
     keys = [k for k in keys if k and k in best]
     if best.empty or not keys:
         return []
