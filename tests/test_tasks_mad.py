@@ -289,6 +289,14 @@ def test_fuzzy_recall_refuses_key_sets_too_hard_to_draw():
         tasks.build("fuzzy_in_context_recall", vocab_size=8, k_motif_size=2, num_kv_pairs=16)
 
 
+def test_fuzzy_recall_scores_every_sequence_down_to_its_shortest_length():
+    kwargs = dict(vocab_size=8, k_motif_size=2, v_motif_size=1, num_kv_pairs=3)
+    with pytest.raises(ValueError, match="seq_len >= 11"):
+        tasks.build("fuzzy_in_context_recall", seq_len=10, **kwargs)
+    batch = tasks.build("fuzzy_in_context_recall", seq_len=11, **kwargs).sample(2000, seed=3)
+    assert bool((batch["targets"] != -100).any(dim=1).all())
+
+
 def test_config_files_list_every_parameter():
     for name in MAD:
         cfg = yaml.safe_load((ROOT / "configs" / "task" / f"{name}.yaml").read_text())

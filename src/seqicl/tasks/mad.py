@@ -158,6 +158,13 @@ class FuzzyInContextRecall(TokenTask):
         self.num_values = vocab_size - self.num_keys
         self.num_kv_pairs = check_int("num_kv_pairs", num_kv_pairs, low=1,
                                       high=min(self.num_keys ** k_motif_size, 256))
+        # num_kv_pairs + 1 pairs of the longest motifs fit, so some key occurs twice in every
+        # sequence and every sequence has a scored value.
+        shortest = (self.num_kv_pairs + 1) * (self.k_motif_size + self.v_motif_size) - 1
+        if self.seq_len < shortest:
+            raise ConfigError(f"fuzzy_in_context_recall: seq_len={self.seq_len} is too short to recall a key in every "
+                              f"sequence; num_kv_pairs + 1 pairs of up to k_motif_size + v_motif_size tokens need "
+                              f"seq_len >= {shortest}")
         self._draw_keys(8, generator(0))  # a setting whose key sets are too hard to draw fails here
 
     def random_guess_accuracy(self) -> float:
