@@ -34,9 +34,9 @@ def main(argv: list[str]) -> int:
         elif arg.split("=", 1)[0] in ("gpus", "runs_per_gpu"):
             key, _, value = arg.partition("=")
             launcher_settings[key] = yaml.safe_load(value)
-        elif arg.lstrip("+~").startswith("sweep."):
-            prefix = arg[:len(arg) - len(arg.lstrip("+~"))]
-            sweep_overrides.append(prefix + arg[len(prefix) + len("sweep."):])
+        elif engine.split_prefix(arg)[1].startswith("sweep."):
+            prefix, rest = engine.split_prefix(arg)
+            sweep_overrides.append(prefix + rest.removeprefix("sweep."))
         else:
             forwarded.append(arg)
     console = Console()

@@ -121,9 +121,9 @@ def _set_grid_axes(cfg, overrides) -> list[str]:
     rest = []
     for override in overrides:
         key, sep, value = override.partition("=")
-        prefix = key[:len(key) - len(key.lstrip("+~"))]
-        axis = key[len(prefix):].removeprefix("grid.")
-        if not key[len(prefix):].startswith("grid."):
+        prefix, path = split_prefix(key)
+        axis = path.removeprefix("grid.")
+        if not path.startswith("grid."):
             if prefix:
                 raise ConfigError(f"sweep override {override!r}: only grid axes can be added (+) or removed (~); "
                                   "set other protocol keys with sweep.KEY=VALUE")
@@ -148,8 +148,14 @@ def override_axes(grid: dict) -> list[str]:
     return [axis for axis, values in grid.items() if all(_is_override_list(v) for v in values)]
 
 
+def split_prefix(override: str) -> tuple[str, str]:
+    """An override's Hydra prefix (``+``, ``++``, ``~`` or none) and the rest."""
+    rest = override.lstrip("+~")
+    return override[:len(override) - len(rest)], rest
+
+
 def _override_key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
+    return split_prefix(override.split("=", 1)[0])[1]
 
 
 def grid_keys(grid: dict) -> dict[str, str]:

@@ -337,7 +337,7 @@ def write_curves(df: pd.DataFrame, protocol: Protocol, path: Path) -> None:
     path.write_text(json.dumps(records, indent=1))
 
 
-def hidden_axes(best: pd.DataFrame, protocol: Protocol, keys: list[str]) -> list[str]:
+def _hidden_axes(best: pd.DataFrame, protocol: Protocol, keys: list[str]) -> list[str]:
     """The grid axes (other than ``report.average_over`` and ``select.over``) whose values differ
     between selected runs that ``keys`` (a table's rows, columns and facet, or a plot's) put in the
     same cell: shown as they are, those runs would be averaged without a word."""
@@ -355,7 +355,7 @@ def _shown_axes(best: pd.DataFrame, protocol: Protocol) -> tuple[Protocol, list[
     plot's facet where it has none and one axis is hidden from it; and a sentence saying so."""
     rep = protocol.report
     notes = []
-    table_hidden = hidden_axes(best, protocol, [*rep.get("rows", []), *rep.get("columns", []), rep.get("facet")])
+    table_hidden = _hidden_axes(best, protocol, [*rep.get("rows", []), *rep.get("columns", []), rep.get("facet")])
     report = dict(rep)
     if table_hidden and rep.get("rows"):
         report["rows"] = [*rep["rows"], *table_hidden]
@@ -363,7 +363,7 @@ def _shown_axes(best: pd.DataFrame, protocol: Protocol) -> tuple[Protocol, list[
                      "which the protocol's report does not name.")
     spec = rep.get("plot")
     if spec:
-        plot_hidden = hidden_axes(best, protocol, [spec.get("x"), spec.get("series"), spec.get("facet")])
+        plot_hidden = _hidden_axes(best, protocol, [spec.get("x"), spec.get("series"), spec.get("facet")])
         if len(plot_hidden) == 1 and not spec.get("facet"):
             report["plot"] = {**spec, "facet": plot_hidden[0]}
             notes.append(f"The plot has a panel per value of {plot_hidden[0]}.")
