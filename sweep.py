@@ -23,6 +23,7 @@ def main(argv: list[str]) -> int:
     name, launcher, n_jobs, dry = None, "basic", None, False
     sweep_overrides, forwarded, launcher_settings = [], [], {}
     for arg in argv:
+        prefix, path = engine.split_prefix(arg)
         if arg in ("--dry-run", "-n"):
             dry = True
         elif arg.startswith("sweep="):
@@ -34,9 +35,8 @@ def main(argv: list[str]) -> int:
         elif arg.split("=", 1)[0] in ("gpus", "runs_per_gpu"):
             key, _, value = arg.partition("=")
             launcher_settings[key] = yaml.safe_load(value)
-        elif engine.split_prefix(arg)[1].startswith("sweep."):
-            prefix, rest = engine.split_prefix(arg)
-            sweep_overrides.append(prefix + rest.removeprefix("sweep."))
+        elif path.startswith("sweep."):
+            sweep_overrides.append(prefix + path.removeprefix("sweep."))
         else:
             forwarded.append(arg)
     console = Console()
