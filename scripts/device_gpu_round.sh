@@ -22,8 +22,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, triton, lightning; print('torch', torch.__version__, 'triton', triton.__version__, 'lightning', lightning.__version__)"
 timeout "${CHECK_S:-240}" python3 benchmarks/gpu_check.py --layers sliding_window_attention gla retnet mamba2 deltanet \
   --out "$OUT/gpu_check.json" 2>&1 | tee "$OUT/gpu_check.log"
-timeout "${LAYERS_S:-100}" python3 benchmarks/layers.py --device cuda --seq 2048 --d-model 256 --batch 8 \
+timeout "${LAYERS_S:-160}" python3 benchmarks/layers.py --device cuda --seq 2048 --d-model 256 --batch 8 \
   --layers ${LAYERS:-sliding_window_attention deltanet gla retnet mamba2} \
   --out "$OUT/layers_cuda_2048.json" 2>&1 | tee "$OUT/layers.log"
-timeout "${SPEED_S:-200}" python3 benchmarks/train_speed.py --variants base cuda_graphs \
+timeout "${SPEED_S:-150}" python3 benchmarks/train_speed.py --variants base cuda_graphs \
   --steps 2000 --out "$OUT/train_speed.json" 2>&1 | tee "$OUT/train_speed.log"

@@ -64,8 +64,6 @@ HALF = (torch.float16, torch.bfloat16)
 # Layers whose fla path has not yet matched the float64 reference on a GPU
 # (benchmarks/gpu_check.py): ``impl=auto`` keeps them on the reference; ``impl=fla`` opts in.
 AUTO_UNCHECKED = {
-    "gla": "chunk_gla has not yet been checked against the reference on a GPU",
-    "retnet": "chunk_retention has not yet been checked against the reference on a GPU",
     "mamba2": "chunk_simple_gla has not yet been checked against the reference on a GPU",
 }
 
