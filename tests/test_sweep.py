@@ -15,7 +15,7 @@ import yaml
 from helpers import ROOT, run_module
 from seqicl.errors import ConfigError
 from seqicl.sweeps import engine
-from seqicl.sweeps.report import curve_limits, write_report
+from seqicl.sweeps.report import curve_limits, panel_titles, write_report
 
 
 @pytest.fixture(scope="module")
@@ -387,6 +387,24 @@ def test_average_over_gives_the_mean_of_the_best_runs(tmp_path):
     (_, table), = report["tables"]["test.accuracy"]
     assert table.loc["a", "test.accuracy"] == pytest.approx(0.6) and table.loc["b", "test.accuracy"] == 0.3
     assert report["plots"][0].name == "t.png"
+
+
+def test_panel_titles_keep_the_overrides_that_tell_grouped_values_apart():
+    values = ["layer@model.mixer=attention model.mixer.n_heads=8 model.mixer.positions=none",
+              "layer@model.mixer=attention model.mixer.n_heads=8 model.mixer.positions=none model.mixer.n_kv_heads=1",
+              "layer@model.mixer=favor model.mixer.n_heads=8 ~model.mixer.positions=none"]
+    assert panel_titles("attention", values) == ["mixer=attention positions=none",
+                                                 "mixer=attention positions=none\nn_kv_heads=1",
+                                                 "mixer=favor ~positions=none"]
+    # Shortened keys that would make two titles equal stay whole.
+    assert panel_titles("s", ["model.mixer.d_state=4", "model.state_mixer.d_state=4"]) == \
+        ["model.mixer.d_state=4", "model.state_mixer.d_state=4"]
+    # Long titles wrap at spaces, never inside an override.
+    wrapped = panel_titles("a", ["layer@model.mixer=sliding_window_attention model.mixer.window_size=16",
+                                 "layer@model.mixer=attention"])
+    assert wrapped[0] == "mixer=sliding_window_attention\nwindow_size=16"
+    assert panel_titles("d_model", [64, 0.5]) == ["d_model=64", "d_model=0.5"]
+    assert panel_titles("layer", ["a" * 50]) == ["layer=" + "a" * 50]
 
 
 def test_list_metrics_go_to_curves_json_and_the_curves_plot(tmp_path):

@@ -25,6 +25,7 @@ import dataclasses
 import json
 import math
 import re
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,47 @@ def _facet_values(df: pd.DataFrame, facet: str | None) -> list:
     if not facet or facet not in df:
         return [None]
     return sorted(df[facet].dropna().unique(), key=_natural)
+
+
+PANELS_PER_ROW = 3
+
+
+def _short_override(override: str) -> str:
+    """``model.mixer.n_kv_heads=1`` -> ``n_kv_heads=1``; ``layer@model.mixer=attention`` ->
+    ``mixer=attention``; a deletion keeps its ``~``."""
+    key, sep, value = override.partition("=")
+    tilde = "~" if key.startswith("~") else ""
+    return f"{tilde}{key.lstrip('~').split('@')[-1].split('.')[-1]}{sep}{value}"
+
+
+def panel_titles(facet: str, values: list) -> list[str]:
+    """Titles of a figure's panels, one per value of ``facet``, wrapped to a panel's width.
+
+    A grouped grid axis's values (several overrides each, e.g. ``layer@model.mixer=attention
+    model.mixer.n_heads=8``) keep only the overrides that tell them apart, with keys shortened to
+    their last component (where that leaves them distinct); any other value is ``facet=value``.
+    """
+    if len(values) > 1 and all(isinstance(v, str) and "=" in v for v in values):
+        parts = [v.split() for v in values]
+        common = set.intersection(*(set(p) for p in parts))
+        kept = [[o for o in p if o not in common] or p for p in parts]
+        short = [" ".join(_short_override(o) for o in k) for k in kept]
+        titles = short if len(set(short)) == len(short) else [" ".join(k) for k in kept]
+    else:
+        titles = [f"{facet}={_label(v)}" for v in values]
+    return [textwrap.fill(t, width=42, break_long_words=False) for t in titles]
+
+
+def _panels(plt, n: int, **subplots):
+    """A figure of ``n`` panels, ``PANELS_PER_ROW`` to a row: (figure, the n axes in order, the
+    indices of the first panel of each row)."""
+    cols = min(n, PANELS_PER_ROW)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.6 * rows), squeeze=False, **subplots)
+    flat = list(axes.ravel())
+    for ax in flat[n:]:
+        fig.delaxes(ax)
+    return fig, flat[:n], range(0, n, cols)
 
 
 def markdown_table(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
@@ -217,8 +259,9 @@ def plot(best: pd.DataFrame, protocol: Protocol, out: Path) -> list[Path]:
             continue
         refs = _references(spec, metric)
         facets = _facet_values(best, facet)
-        fig, axes = plt.subplots(1, len(facets), figsize=(4 * len(facets), 3.4), squeeze=False, sharey=True)
-        for ax, fv in zip(axes[0], facets):
+        titles = panel_titles(facet, facets) if facets != [None] else [protocol.name]
+        fig, axes, row_starts = _panels(plt, len(facets), sharey=True)
+        for ax, fv, title in zip(axes, facets, titles):
             sub = best if fv is None else best[best[facet] == fv]
             groups = sub.groupby(series, dropna=False) if series else [(None, sub)]
             for name, g in groups:
@@ -240,11 +283,12 @@ def plot(best: pd.DataFrame, protocol: Protocol, out: Path) -> list[Path]:
                 for label in ax.get_xticklabels():
                     label.set_horizontalalignment("right")
             ax.set_xlabel(x)
-            ax.set_title(f"{facet}={_label(fv)}" if fv is not None else protocol.name, fontsize=9)
+            ax.set_title(title, fontsize=9)
             ax.grid(alpha=0.3)
-        axes[0][0].set_ylabel(metric)
+        for i in row_starts:
+            axes[i].set_ylabel(metric)
         if series or refs:
-            axes[0][-1].legend(fontsize=7, loc="best")
+            axes[-1].legend(fontsize=7, loc="best")
         fig.tight_layout()
         path = _plot_path(protocol, out, metric)
         fig.savefig(path, dpi=120)
@@ -293,8 +337,9 @@ def plot_curves(best: pd.DataFrame, protocol: Protocol, out: Path) -> list[Path]
     metric, series, facet = spec["metric"], spec.get("series"), spec.get("facet")
     refs = list(spec.get("reference") or [])
     facets = _facet_values(best, facet)
-    fig, axes = plt.subplots(1, len(facets), figsize=(4 * len(facets), 3.4), squeeze=False)
-    for ax, fv in zip(axes[0], facets):
+    titles = panel_titles(facet, facets) if facets != [None] else [protocol.name]
+    fig, axes, row_starts = _panels(plt, len(facets))
+    for ax, fv, title in zip(axes, facets, titles):
         sub = best if fv is None else best[best[facet] == fv]
         groups = sub.groupby(series, dropna=False) if series else [(None, sub)]
         model_curves, reference_curves = [], []
@@ -313,10 +358,11 @@ def plot_curves(best: pd.DataFrame, protocol: Protocol, out: Path) -> list[Path]
         if limits is not None:
             ax.set_ylim(*limits)
         ax.set_xlabel("k (in-context examples)")
-        ax.set_title(f"{facet}={_label(fv)}" if fv is not None else protocol.name, fontsize=9)
+        ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, loc="best")
-    axes[0][0].set_ylabel(metric)
+    for i in row_starts:
+        axes[i].set_ylabel(metric)
     fig.tight_layout()
     path = out / f"{protocol.name}_curves.png"
     fig.savefig(path, dpi=120)
