@@ -113,16 +113,22 @@ def panel_titles(facet: str, values: list) -> list[str]:
     return [textwrap.fill(t, width=42, break_long_words=False) for t in titles]
 
 
-def _panels(plt, n: int, **subplots):
-    """A figure of ``n`` panels, ``PANELS_PER_ROW`` to a row: (figure, the n axes in order, the
-    indices of the first panel of each row)."""
+def _panels(plt, protocol: Protocol, facet: str | None, facets: list, ylabel: str, **subplots):
+    """A figure with a panel per value in ``facets`` (``[None]``: one panel), ``PANELS_PER_ROW`` to
+    a row, each titled, the first of each row labelled ``ylabel``: (figure, [(axes, value)])."""
+    n = len(facets)
     cols = min(n, PANELS_PER_ROW)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.6 * rows), squeeze=False, **subplots)
     flat = list(axes.ravel())
     for ax in flat[n:]:
         fig.delaxes(ax)
-    return fig, flat[:n], range(0, n, cols)
+    titles = panel_titles(facet, facets) if facets != [None] else [protocol.name]
+    for i, (ax, title) in enumerate(zip(flat, titles)):
+        ax.set_title(title, fontsize=9)
+        if i % cols == 0:
+            ax.set_ylabel(ylabel)
+    return fig, list(zip(flat, facets))
 
 
 def markdown_table(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
@@ -258,10 +264,8 @@ def plot(best: pd.DataFrame, protocol: Protocol, out: Path) -> list[Path]:
         if metric not in best:
             continue
         refs = _references(spec, metric)
-        facets = _facet_values(best, facet)
-        titles = panel_titles(facet, facets) if facets != [None] else [protocol.name]
-        fig, axes, row_starts = _panels(plt, len(facets), sharey=True)
-        for ax, fv, title in zip(axes, facets, titles):
+        fig, panels = _panels(plt, protocol, facet, _facet_values(best, facet), metric, sharey=True)
+        for ax, fv in panels:
             sub = best if fv is None else best[best[facet] == fv]
             groups = sub.groupby(series, dropna=False) if series else [(None, sub)]
             for name, g in groups:
@@ -283,12 +287,9 @@ def plot(best: pd.DataFrame, protocol: Protocol, out: Path) -> list[Path]:
                 for label in ax.get_xticklabels():
                     label.set_horizontalalignment("right")
             ax.set_xlabel(x)
-            ax.set_title(title, fontsize=9)
             ax.grid(alpha=0.3)
-        for i in row_starts:
-            axes[i].set_ylabel(metric)
         if series or refs:
-            axes[-1].legend(fontsize=7, loc="best")
+            panels[-1][0].legend(fontsize=7, loc="best")
         fig.tight_layout()
         path = _plot_path(protocol, out, metric)
         fig.savefig(path, dpi=120)
@@ -336,10 +337,8 @@ def plot_curves(best: pd.DataFrame, protocol: Protocol, out: Path) -> list[Path]
 
     metric, series, facet = spec["metric"], spec.get("series"), spec.get("facet")
     refs = list(spec.get("reference") or [])
-    facets = _facet_values(best, facet)
-    titles = panel_titles(facet, facets) if facets != [None] else [protocol.name]
-    fig, axes, row_starts = _panels(plt, len(facets))
-    for ax, fv, title in zip(axes, facets, titles):
+    fig, panels = _panels(plt, protocol, facet, _facet_values(best, facet), metric)
+    for ax, fv in panels:
         sub = best if fv is None else best[best[facet] == fv]
         groups = sub.groupby(series, dropna=False) if series else [(None, sub)]
         model_curves, reference_curves = [], []
@@ -358,11 +357,8 @@ def plot_curves(best: pd.DataFrame, protocol: Protocol, out: Path) -> list[Path]
         if limits is not None:
             ax.set_ylim(*limits)
         ax.set_xlabel("k (in-context examples)")
-        ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, loc="best")
-    for i in row_starts:
-        axes[i].set_ylabel(metric)
     fig.tight_layout()
     path = out / f"{protocol.name}_curves.png"
     fig.savefig(path, dpi=120)
