@@ -80,6 +80,16 @@ def test_induction_head_base_is_seq_icls_setting():
     assert c["trainer"]["max_steps"] == 400 * 5000 // 8
 
 
+@pytest.mark.parametrize("family", ["associative_recall", "induction_head"])
+def test_seq_icl_model_and_optimiser_follow_its_code_base(family):
+    c = compose_experiment(f"synthetics/{family}/transformer")
+    assert (c["model"]["init"], c["model"]["tie_embeddings"]) == ("gpt2", True)
+    assert (tuple(c["optim"]["betas"]), c["trainer"]["gradient_clip_val"]) == ((0.9, 0.999), 0.0)
+    model = build_model(c["model"], build_task(c["task"]))
+    assert model.head.weight is model.embed.weight
+    assert model.blocks[0].mixer.out_proj.weight.std().item() < 0.01     # 0.02 / sqrt(16 branches)
+
+
 @pytest.mark.parametrize("layer", [e.rsplit("/", 1)[1] for e in EXPERIMENTS
                                    if e.startswith("synthetics/mqar/") and e != "synthetics/mqar/seed000"])
 @pytest.mark.parametrize("task", ["mqar_zoology_64", "mqar_zoology_512"])

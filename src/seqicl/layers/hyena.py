@@ -45,6 +45,8 @@ class ImplicitFilter(nn.Module):
             layers += [nn.Linear(filter_order, filter_order), Sin(filter_order, sine_freq)]
         layers.append(nn.Linear(filter_order, channels, bias=False))
         self.ffn = nn.Sequential(*layers)
+        for layer in self.ffn:
+            layer.keep_init = True                            # the filters' frequencies at initialisation
         alpha = torch.linspace(-math.log(decay_target) / slow_decay_pct, -math.log(decay_target) / fast_decay_pct,
                                channels)
         window = torch.exp(-alpha[:, None] * t / max_len) if modulate else torch.ones(channels, max_len)

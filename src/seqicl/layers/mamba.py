@@ -53,6 +53,7 @@ class Mamba(nn.Module):
         self.conv_bias = nn.Parameter(torch.empty(self.d_inner).uniform_(-bound, bound)) if conv_bias else None
         self.x_proj = nn.Linear(self.d_inner, dt_rank + 2 * d_state, bias=False)
         self.dt_proj = nn.Linear(dt_rank, self.d_inner)
+        self.dt_proj.keep_init = True                         # its bias sets the initial step sizes
         nn.init.uniform_(self.dt_proj.weight, -dt_rank ** -0.5, dt_rank ** -0.5)
         dt = torch.exp(torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
         dt = dt.clamp(min=dt_init_floor)

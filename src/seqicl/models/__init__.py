@@ -13,6 +13,7 @@ from typing import Callable, Dict
 from torch import nn
 
 from seqicl.errors import ConfigError
+from seqicl.models.init_schemes import apply_init
 from seqicl.models.lm import TokenLM, count_parameters
 from seqicl.models.stack import Block, BlockStack
 
@@ -35,14 +36,17 @@ def _token_lm(task, **cfg) -> nn.Module:
 
 
 def build_model(model_cfg: dict, task) -> nn.Module:
-    """The model for ``task`` from a model config (``backbone``, ``d_model``, blocks ...)."""
-    cfg = {k: v for k, v in model_cfg.items() if k not in ("name", "backbone")}
+    """The model for ``task`` from a model config (``backbone``, ``d_model``, blocks ...), its
+    weights drawn by the config's ``init`` scheme (``seqicl.models.init_schemes``)."""
+    cfg = {k: v for k, v in model_cfg.items() if k not in ("name", "backbone", "init")}
     backbone = model_cfg.get("backbone", "auto")
     if backbone == "auto":
         backbone = task.backbone
     if backbone not in BACKBONES:
         raise ConfigError(f"unknown model.backbone {backbone!r}; choose auto or one of {', '.join(sorted(BACKBONES))}")
-    return BACKBONES[backbone](task, **cfg)
+    model = BACKBONES[backbone](task, **cfg)
+    apply_init(model, model_cfg.get("init", "default"))
+    return model
 
 
 def state_size(model: nn.Module, seq_len: int) -> int | None:
@@ -64,7 +68,7 @@ def state_size(model: nn.Module, seq_len: int) -> int | None:
 
 
 for _m in pkgutil.iter_modules(__path__):
-    if _m.name not in ("lm", "stack"):
+    if _m.name not in ("lm", "stack", "init_schemes"):
         importlib.import_module(f"{__name__}.{_m.name}")
 
 __all__ = ["BACKBONES", "Block", "BlockStack", "TokenLM", "build_model", "count_parameters", "register_backbone",

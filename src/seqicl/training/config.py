@@ -28,7 +28,7 @@ SECTIONS = {
     "placement": {"gpus", "runs_per_gpu", "lock_dir"},
 }
 MODEL_KEYS = {"name", "backbone", "d_model", "n_layers", "mixer", "state_mixer", "blocks", "positions",
-              "tie_embeddings", "embed_dropout", "norm_eps"}
+              "tie_embeddings", "embed_dropout", "norm_eps", "init"}
 
 
 def _closest(key: str, valid) -> str:
