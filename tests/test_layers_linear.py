@@ -243,7 +243,7 @@ def test_invalid_hyper_parameters_raise(name, kw, match):
 
 def test_based_hybrid_model_config_builds():
     cfg = yaml.safe_load((CONFIGS / "model" / "based.yaml").read_text())
-    cfg = {k: v for k, v in cfg.items() if k not in ("name", "backbone")}
+    cfg = {k: v for k, v in cfg.items() if k not in ("name", "backbone", "init")}
     model = TokenLM(vocab_size=11, max_len=32, **{**cfg, "d_model": D})
     kinds = [type(block.mixer).layer_name for block in model.blocks]
     assert {"base_conv", "based", "sliding_window_attention"} <= set(kinds)
