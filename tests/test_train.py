@@ -105,6 +105,20 @@ def test_throughput_skips_the_first_steps_and_validation(monkeypatch):
     assert cb.steps_per_s == pytest.approx(10 / (20.0 - 10.0 - 2.0))
 
 
+@pytest.mark.parametrize("limits, label", [({"max_steps": 100}, "Epoch 5"),
+                                           ({"max_epochs": 10}, "Epoch 5/9")])
+def test_progress_bar_labels_step_and_epoch_bounded_runs(limits, label):
+    import lightning.pytorch as pl
+
+    from seqicl.training.callbacks import StepRunProgressBar
+
+    bar = StepRunProgressBar()
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, callbacks=[bar], **limits)
+    assert trainer.progress_bar_callback is bar
+    bar.setup(trainer, None, "fit")
+    assert bar._get_train_description(5).strip() == label
+
+
 def test_throughput_is_none_for_a_run_shorter_than_its_warm_up(finished_run):
     out, _ = finished_run
     assert json.loads((out / "results.json").read_text())["train_steps_per_s"] is None

@@ -8,6 +8,7 @@ import time
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import RichProgressBar
 
 
 class StopAtAccuracy(pl.Callback):
@@ -27,6 +28,21 @@ class StopAtAccuracy(pl.Callback):
         reached = float(value) >= self.threshold if self.mode == "max" else float(value) <= self.threshold
         if reached:
             trainer.should_stop = True
+
+
+class StepRunProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, labelled for runs bounded by steps rather than epochs.
+
+    A run with ``max_steps`` and no ``max_epochs`` has ``max_epochs=-1``, which the stock bar
+    prints as "Epoch 5/-2". This one prints "Epoch 5" there, and "Epoch 5/9" where epochs bound it.
+    """
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        max_epochs = self.trainer.max_epochs
+        description = f"Epoch {current_epoch}"
+        if max_epochs is not None and max_epochs > 0:
+            description += f"/{max_epochs - 1}"
+        return f"{description:{len(self.validation_description)}}"
 
 
 class Throughput(pl.Callback):

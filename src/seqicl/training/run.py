@@ -15,7 +15,7 @@ from typing import Callable
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from torch import nn
 
 from seqicl import tasks
@@ -25,7 +25,7 @@ from seqicl.models import build_model, count_parameters, state_size
 from seqicl.plugins import import_modules
 from seqicl.tasks.datamodule import TaskDataModule, check_world_size
 from seqicl.training import distributed, placement
-from seqicl.training.callbacks import AtomicCheckpointIO, StopAtAccuracy, Throughput
+from seqicl.training.callbacks import AtomicCheckpointIO, StepRunProgressBar, StopAtAccuracy, Throughput
 from seqicl.training.module import Diverged, SeqICLModule
 
 
@@ -82,7 +82,7 @@ def _callbacks(cfg: dict, out: Path, task: tasks.Task) -> list:
         cbs.append(LearningRateMonitor(logging_interval="step"))
     bar = cfg.get("progress_bar", "rich")
     if bar == "rich":
-        cbs.append(RichProgressBar(leave=True))
+        cbs.append(StepRunProgressBar(leave=True))
     elif bar == "tqdm":
         cbs.append(TQDMProgressBar())
     elif bar not in ("none", None):
