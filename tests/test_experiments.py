@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from seqicl.models import build_model
+from seqicl.models import build_model, count_parameters
 from seqicl.training.config import validate
 from seqicl.training.run import build_task
 
@@ -68,6 +68,21 @@ def test_seq_icl_sizes(family, layer, d_model, n_layers):
     if layer == "transformer":
         assert model.pos_embed is not None and c["model"]["mixer"]["dropout"] == 0.1
         assert model.blocks[0].mixer.n_heads == 2
+
+
+@pytest.mark.parametrize("family", ["associative_recall", "induction_head"])
+@pytest.mark.parametrize("layer,options,params", [
+    ("gilr", {"output_gate": True, "activation": "linear", "dropout": 0.2}, 26_880),
+    ("lru", {"output_gate": True, "d_state": 32, "dropout": 0.2}, 31_360),
+    ("lstm", {"init": "xavier_orthogonal"}, 35_200),
+])
+def test_seq_icl_recurrent_layers_are_its_blocks(family, layer, options, params):
+    """seq_icl's GILR and LRU are gated blocks, its LSTM is initialised as in Keras. The parameter
+    counts are seq_icl's models' (vocabulary 40 or 16, tied head), counted from its layer code."""
+    c = compose_experiment(f"synthetics/{family}/{layer}")
+    assert c["model"]["mixer"] == {**c["model"]["mixer"], **options}
+    vocab = c["task"]["vocab_size"]
+    assert count_parameters(build_model(c["model"], build_task(c["task"]))) == params - 32 * (40 - vocab)
 
 
 def test_induction_head_base_is_seq_icls_setting():

@@ -21,9 +21,18 @@ RECURRENT = {"attention", "sliding_window_attention", "linear_attention", "favor
              "lstm", "h3", "hyena", "base_conv", "ngram"}
 
 
+# Options that change a layer's structure, checked like layers of their own: "layer+option".
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "gilr+output_gate": ("gilr", {"output_gate": True, "activation": "linear", "dropout": 0.2}),
+    "lru+output_gate": ("lru", {"output_gate": True, "d_state": 8, "dropout": 0.2}),
+    "lstm+xavier_orthogonal": ("lstm", {"init": "xavier_orthogonal"}),
+}
+
+
 def make(name, **kw):
+    name, options = VARIANTS.get(name, (name, {}))
     torch.manual_seed(0)
-    layer = layers.build(name, d_model=D, max_len=T, **{**SMALL.get(name, {}), **kw})
+    layer = layers.build(name, d_model=D, max_len=T, **{**SMALL.get(name, {}), **options, **kw})
     return layer.eval()
 
 
@@ -38,9 +47,11 @@ def inputs(seed=0):
 
 ALL = layers.available()
 SEQUENCE = [n for n in ALL if layers.kind(n) == "sequence"]
+WITH_VARIANTS = ALL + list(VARIANTS)
+RECURRENT |= {v for v, (name, _) in VARIANTS.items() if name in RECURRENT}
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", WITH_VARIANTS)
 def test_shape_and_finite_gradients(name):
     layer = make(name).train()
     x, tok = inputs()
@@ -54,7 +65,7 @@ def test_shape_and_finite_gradients(name):
         assert torch.isfinite(p.grad).all(), f"{name}.{pname} has a non-finite gradient"
 
 
-@pytest.mark.parametrize("name", SEQUENCE)
+@pytest.mark.parametrize("name", SEQUENCE + list(VARIANTS))
 def test_causal(name):
     layer = make(name)
     x, tok = inputs()
@@ -70,7 +81,7 @@ def test_causal(name):
     assert not torch.allclose(y2[:, -1], y[:, -1])
 
 
-@pytest.mark.parametrize("name", sorted(RECURRENT & set(ALL)))
+@pytest.mark.parametrize("name", sorted(RECURRENT & set(WITH_VARIANTS)))
 def test_step_equals_forward(name):
     layer = make(name).double()
     x, tok = inputs(1)

@@ -114,12 +114,67 @@ def test_linear_scan_strong_decay_stays_finite_in_float32():
     torch.testing.assert_close(h, ops.linear_scan_reference(a, b))
 
 
-@pytest.mark.parametrize("name", ["lru", "gilr", "mamba"])
-def test_scan_layers_parallel_equals_loop(name, monkeypatch):
-    layer, x = build(name, chunk_size=5), x64()          # 5 does not divide T = 12
+@pytest.mark.parametrize("name,kw", [("lru", {}), ("gilr", {}), ("mamba", {}),
+                                     ("lru", {"output_gate": True}), ("gilr", {"output_gate": True})])
+def test_scan_layers_parallel_equals_loop(name, kw, monkeypatch):
+    layer, x = build(name, chunk_size=5, **kw), x64()    # 5 does not divide T = 12
     y = layer(x)
     monkeypatch.setattr(ops, "linear_scan", lambda a, b, chunk_size, h0=None: ops.linear_scan_reference(a, b, h0))
     torch.testing.assert_close(layer(x), y)
+
+
+def _loop(decay, inputs):
+    """h_t = decay_t * h_t-1 + inputs_t over the time axis (1), from h_0 = 0."""
+    h, out = torch.zeros_like(inputs[:, 0]), []
+    for t in range(inputs.shape[1]):
+        h = decay[:, t] * h + inputs[:, t]
+        out.append(h)
+    return torch.stack(out, dim=1)
+
+
+def test_gated_gilr_follows_its_definition():
+    layer, x = build("gilr", output_gate=True, activation="linear"), x64()
+    W, c = layer.in_proj.weight, layer.in_proj.bias
+    f, v, o = (x @ W[i * D:(i + 1) * D].T + c[i * D:(i + 1) * D] for i in range(3))
+    f = torch.sigmoid(f)
+    h = _loop(f, (1 - f) * v)
+    gated = h * o * torch.sigmoid(o)
+    normed = (gated - gated.mean(-1, keepdim=True)) / torch.sqrt(gated.var(-1, unbiased=False, keepdim=True) + 1e-5)
+    expected = (normed * layer.norm.weight + layer.norm.bias) @ layer.out_proj.weight.T + layer.out_proj.bias
+    torch.testing.assert_close(layer(x), expected)
+
+
+def test_gated_lru_follows_its_definition():
+    n = 6
+    layer, x = build("lru", output_gate=True, d_state=n), x64()
+    with torch.no_grad():
+        layer.norm.weight.uniform_(0.5, 1.5)
+        layer.norm.bias.normal_()
+    proj = x @ layer.in_proj.weight.T + layer.in_proj.bias
+    v_re, v_im, o = proj[..., :n], proj[..., n:2 * n], proj[..., 2 * n:]
+    mod, phase = torch.exp(-torch.exp(layer.nu_log)), torch.exp(layer.theta_log)
+    gamma = torch.sqrt(1 - mod ** 2)
+    torch.testing.assert_close(torch.exp(layer.gamma_log), gamma)
+    lam = torch.polar(mod, phase).expand(B, T, n)
+    h = _loop(lam, gamma * torch.complex(v_re, v_im))
+    gated = torch.cat([h.real, h.imag], dim=-1) * o * torch.sigmoid(o)
+    normed = (gated - gated.mean(-1, keepdim=True)) / torch.sqrt(gated.var(-1, unbiased=False, keepdim=True) + 1e-5)
+    expected = (normed * layer.norm.weight + layer.norm.bias) @ layer.out_proj.weight.T + layer.out_proj.bias
+    torch.testing.assert_close(layer(x), expected)
+    assert not hasattr(layer, "B") and not hasattr(layer, "D")
+
+
+def test_lstm_xavier_orthogonal_initialisation():
+    layer = layers.build("lstm", d_model=D, max_len=T, n_layers=2, init="xavier_orthogonal")
+    for i in range(2):
+        w_hh = getattr(layer.lstm, f"weight_hh_l{i}").detach()
+        torch.testing.assert_close(w_hh.T @ w_hh, torch.eye(D), atol=1e-5, rtol=0)
+        w_ih = getattr(layer.lstm, f"weight_ih_l{i}").detach()
+        assert w_ih.abs().max() <= math.sqrt(6 / (D + 4 * D)) and w_ih.std() > 0.5 * math.sqrt(2 / (5 * D))
+        forget = torch.zeros(4 * D)
+        forget[D:2 * D] = 1
+        torch.testing.assert_close(getattr(layer.lstm, f"bias_ih_l{i}").detach(), forget)
+        torch.testing.assert_close(getattr(layer.lstm, f"bias_hh_l{i}").detach(), torch.zeros(4 * D))
 
 
 def test_lru_ring_initialisation():
@@ -288,6 +343,10 @@ def test_ssm_dynamics_are_not_weight_decayed():
     ("lru", {"r_min": 0.99, "r_max": 0.9}, "r_min"),
     ("lru", {"chunk_size": 0}, "chunk_size"),
     ("gilr", {"activation": "relu"}, "activation"),
+    ("gilr", {"dropout": 0.1}, "gated output only"),
+    ("lru", {"dropout": 0.1}, "gated output only"),
+    ("lru", {"output_gate": True, "dropout": 1.0}, "dropout"),
+    ("lstm", {"init": "keras"}, "xavier_orthogonal"),
     ("lstm", {"n_layers": 0}, "n_layers"),
     ("rwkv", {"chunk_size": 0}, "chunk_size"),
     ("mamba", {"dt_rank": "big"}, "dt_rank"),

@@ -16,16 +16,35 @@ class LSTM(nn.Module):
     Causal by construction. ``step`` runs the same module one position at a time, so training
     and incremental decoding share one set of weights. ``n_layers`` > 1 stacks LSTMs inside
     the mixer (``dropout`` between them).
+
+    ``init``: ``torch`` keeps ``torch.nn.LSTM``'s uniform initialisation; ``xavier_orthogonal``
+    draws the input weights Glorot-uniform and the recurrent weights orthogonal, with zero biases
+    except the forget gate's, set to 1 (Keras' initialisation, which seq_icl's LSTM uses).
     """
 
     def __init__(self, d_model: int, max_len: int, n_layers: int = 1, dropout: float = 0.0,
-                 bias: bool = True):
+                 bias: bool = True, init: str = "torch"):
         super().__init__()
         if n_layers < 1:
             raise ConfigError(f"lstm: n_layers must be a positive integer, got {n_layers}")
+        if init not in ("torch", "xavier_orthogonal"):
+            raise ConfigError(f"lstm: init must be torch or xavier_orthogonal, got {init!r}")
         self.d_model, self.n_layers = d_model, n_layers
         self.lstm = nn.LSTM(d_model, d_model, num_layers=n_layers, bias=bias, batch_first=True,
                             dropout=dropout if n_layers > 1 else 0.0)
+        if init == "xavier_orthogonal":
+            self._xavier_orthogonal()
+
+    def _xavier_orthogonal(self) -> None:
+        for name, p in self.lstm.named_parameters():
+            if name.startswith("weight_ih"):
+                nn.init.xavier_uniform_(p)
+            elif name.startswith("weight_hh"):
+                nn.init.orthogonal_(p)
+            else:
+                nn.init.zeros_(p)
+                if name.startswith("bias_ih"):   # gates ordered input, forget, cell, output
+                    nn.init.ones_(p[self.d_model:2 * self.d_model])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_cuda and not self.training and torch.is_grad_enabled():
