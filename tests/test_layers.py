@@ -26,6 +26,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "gilr+output_gate": ("gilr", {"output_gate": True, "activation": "linear", "dropout": 0.2}),
     "lru+output_gate": ("lru", {"output_gate": True, "d_state": 8, "dropout": 0.2}),
     "lstm+xavier_orthogonal": ("lstm", {"init": "xavier_orthogonal"}),
+    "rwkv+normal": ("rwkv", {"init": "normal"}),
 }
 
 

@@ -177,6 +177,13 @@ def test_lstm_xavier_orthogonal_initialisation():
         torch.testing.assert_close(getattr(layer.lstm, f"bias_hh_l{i}").detach(), torch.zeros(4 * D))
 
 
+def test_rwkv_normal_initialisation_draws_its_time_parameters_from_a_standard_normal():
+    torch.manual_seed(0)
+    layer = layers.build("rwkv", d_model=4096, max_len=T, init="normal")
+    for p in (layer.time_decay, layer.time_first, layer.mix_k, layer.mix_v, layer.mix_r):
+        assert abs(p.mean().item()) < 0.05 and abs(p.std().item() - 1) < 0.05
+
+
 def test_lru_ring_initialisation():
     layer = layers.build("lru", d_model=D, max_len=T, d_state=256, r_min=0.4, r_max=0.8, max_phase=1.0)
     lam = layer.lam().detach()
@@ -349,6 +356,7 @@ def test_ssm_dynamics_are_not_weight_decayed():
     ("lstm", {"init": "keras"}, "xavier_orthogonal"),
     ("lstm", {"n_layers": 0}, "n_layers"),
     ("rwkv", {"chunk_size": 0}, "chunk_size"),
+    ("rwkv", {"init": "randn"}, "rwkv4 or normal"),
     ("mamba", {"dt_rank": "big"}, "dt_rank"),
     ("mamba", {"d_conv": 0}, "d_conv"),
     ("ngram", {"n": 0}, "n must"),

@@ -80,15 +80,18 @@ class RWKV(nn.Module):
 
     The mixes, decays and bonuses start as in the RWKV-4 initialisation for a layer half-way up
     the stack (the layer index is not known here): decays spread over channels from
-    e^-5 to e^3, bonus log(0.3) with a zigzag, mixes rising with the channel index.
+    e^-5 to e^3, bonus log(0.3) with a zigzag, mixes rising with the channel index
+    (``init="rwkv4"``). ``init="normal"`` draws all five from N(0, 1) instead, as seq_icl's RWKV does.
     ``impl``: ``"auto"`` computes WKV with the Triton kernel ``triton_scan.wkv`` on CUDA when
     triton imports, ``"torch"`` always with ``wkv`` (chunks of ``chunk_size``).
     """
 
-    def __init__(self, d_model: int, max_len: int, chunk_size: int = 32, impl: str = "auto"):
+    def __init__(self, d_model: int, max_len: int, chunk_size: int = 32, init: str = "rwkv4", impl: str = "auto"):
         super().__init__()
         if chunk_size < 1:
             raise ConfigError(f"rwkv: chunk_size must be a positive integer, got {chunk_size}")
+        if init not in ("rwkv4", "normal"):
+            raise ConfigError(f"rwkv: init must be rwkv4 or normal, got {init!r}")
         ops.require(impl in ("auto", "torch"), "rwkv", f"impl must be auto or torch, got {impl!r}")
         self.d_model, self.chunk_size, self.impl = d_model, chunk_size, impl
         depth = 0.5             # RWKV-4's layer_id / n_layers; its ratio_1_to_almost0 is 1 - depth
@@ -104,6 +107,9 @@ class RWKV(nn.Module):
         self.value = nn.Linear(d_model, d_model, bias=False)
         self.receptance = nn.Linear(d_model, d_model, bias=False)
         self.output = nn.Linear(d_model, d_model, bias=False)
+        if init == "normal":
+            for p in (self.time_decay, self.time_first, self.mix_k, self.mix_v, self.mix_r):
+                nn.init.normal_(p)
 
     def _rkv(self, x: torch.Tensor, prev: torch.Tensor):
         def mix(mu):
