@@ -1,5 +1,6 @@
-"""Running the command-line entry points in a subprocess, as a user would."""
+"""Running the command-line entry points in a subprocess, as a user would; loading the scripts."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -14,3 +15,12 @@ def run_module(module: str, *args: str, timeout: int = 300, env: dict | None = N
     """``python -m <module> args`` from the repository root; returns the CompletedProcess."""
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def load_script(relative_path: str):
+    """The module of a script outside the package (``scripts/...py``, ``benchmarks/...py``)."""
+    path = ROOT / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

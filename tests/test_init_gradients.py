@@ -1,19 +1,14 @@
 """scripts/init_gradients.py: ReLA's per-head RMSNorm amplifies the early blocks' gradients at
 initialisation, by an amount its ``norm_eps`` controls (REPRODUCTION.md, row 7)."""
 
-import importlib.util
-
 import pytest
 
-from helpers import ROOT
+from helpers import load_script
 
 
 @pytest.fixture(scope="module")
 def init_gradients():
-    spec = importlib.util.spec_from_file_location("init_gradients", ROOT / "scripts" / "init_gradients.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/init_gradients.py")
 
 
 def test_mixer_specs_parse_numbers_in_any_notation(init_gradients):

@@ -1,19 +1,15 @@
 """scripts/plot_runs.py: curves read from metrics.csv, the summary, the plot, and clear errors."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import load_script
 
 
 @pytest.fixture(scope="module")
 def plot_runs():
-    spec = importlib.util.spec_from_file_location("plot_runs", ROOT / "scripts" / "plot_runs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/plot_runs.py")
 
 
 def write_metrics(run: Path, rows: list[tuple]) -> Path:
