@@ -19,7 +19,8 @@
 #                  (15 MiB pieces), to continue the runs in a later call.
 #   RESUME=DIR     a run whose DIR/OUTNAME/checkpoints/last.ckpt exists continues from it
 #                  (DIR holds what `cat ckpt.tgz.part-* | tar xz` unpacked); its trainer.max_time
-#                  must then cover the time both calls trained.
+#                  must then cover the time both calls trained. RESUME=/tmp/sweeps continues
+#                  the runs of an earlier call on the same machine, if it is still warm.
 #
 # The runs share the GPU through NVIDIA's Multi-Process Service where the machine has it (MPS=0
 # turns it off): without it the GPU time-slices between the runs' processes, and small models,
@@ -61,7 +62,8 @@ train() {
   local name=$1 overrides=$2 dir=/tmp/sweeps/$1 start limit status
   start=$(date +%s) limit=${JOB_S:-530}
   if [[ -n ${RESUME:-} && -f $RESUME/$name/checkpoints/last.ckpt ]]; then
-    mkdir -p "$dir" && cp -r "$RESUME/$name/." "$dir/"
+    # RESUME=/tmp/sweeps continues the runs a previous call left on the same (still warm) machine.
+    [[ $RESUME/$name -ef $dir ]] || { mkdir -p "$dir" && cp -r "$RESUME/$name/." "$dir/"; }
     overrides="$overrides ckpt_path=$dir/checkpoints/last.ckpt"
   fi
   local compile=${COMPILE:-false}
