@@ -27,6 +27,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "lru+output_gate": ("lru", {"output_gate": True, "d_state": 8, "dropout": 0.2}),
     "lstm+xavier_orthogonal": ("lstm", {"init": "xavier_orthogonal"}),
     "rwkv+normal": ("rwkv", {"init": "normal"}),
+    "rwkv+grow": ("rwkv", {"init": "normal", "past_weights": "grow"}),
 }
 
 

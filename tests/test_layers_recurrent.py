@@ -233,6 +233,49 @@ def test_rwkv_wkv_is_stable_for_large_keys():
                                atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("chunk", [1, 5, 32])
+def test_rwkv_chunked_wkv_with_growing_weights_equals_naive_recurrence(chunk):
+    # w < 0: a token's weight grows by e^|w| with every step back; over T positions the
+    # exponents reach ~30, so this also checks the max-subtraction keeps it exact.
+    g = torch.Generator().manual_seed(chunk)
+    w = -torch.rand(D, generator=g, dtype=torch.float64) * 3
+    u = torch.randn(D, generator=g, dtype=torch.float64)
+    k, v = torch.randn(2, B, T, D, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(wkv(w, u, k, v, chunk), wkv_naive(w, u, k, v))
+
+
+def test_rwkv_growing_past_weights_layer_re_derived():
+    # seq_icl's RWKV: the same maps, with WKV weights e^{+(t-1-i) exp(time_decay) + k_i}.
+    layer = build("rwkv", init="normal", past_weights="grow")
+    x = x64()
+    prev = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
+    r = layer.receptance(x * layer.mix_r + prev * (1 - layer.mix_r))
+    k = layer.key(x * layer.mix_k + prev * (1 - layer.mix_k))
+    v = layer.value(x * layer.mix_v + prev * (1 - layer.mix_v))
+    out = torch.empty_like(k)
+    for t in range(T):
+        weights = [torch.exp((t - 1 - i) * torch.exp(layer.time_decay) + k[:, i]) for i in range(t)]
+        now = torch.exp(layer.time_first + k[:, t])
+        out[:, t] = (sum(e * v[:, i] for i, e in enumerate(weights)) + now * v[:, t]) / (sum(weights) + now)
+    expected = layer.output(torch.sigmoid(r) * out)
+    torch.testing.assert_close(layer(x), expected)
+    decaying = build("rwkv", init="normal")
+    assert not torch.allclose(decaying(x), expected, atol=1e-3)
+
+
+def test_rwkv_growing_past_weights_never_take_the_triton_kernel(monkeypatch):
+    from seqicl.layers import triton_scan
+
+    def refuse(*args):
+        raise AssertionError("the Triton WKV kernel assumes decaying weights")
+    monkeypatch.setattr(triton_scan, "available", lambda *tensors: True)
+    monkeypatch.setattr(triton_scan, "wkv", refuse)
+    layer = build("rwkv", past_weights="grow")
+    assert torch.isfinite(layer(x64())).all()
+    with pytest.raises(AssertionError, match="decaying"):
+        build("rwkv")(x64())
+
+
 def test_rwkv_layer_chunk_size_does_not_change_output():
     x = x64()
     torch.testing.assert_close(build("rwkv", chunk_size=5)(x), build("rwkv", chunk_size=64)(x))
@@ -357,6 +400,7 @@ def test_ssm_dynamics_are_not_weight_decayed():
     ("lstm", {"n_layers": 0}, "n_layers"),
     ("rwkv", {"chunk_size": 0}, "chunk_size"),
     ("rwkv", {"init": "randn"}, "rwkv4 or normal"),
+    ("rwkv", {"past_weights": "rise"}, "decay or grow"),
     ("mamba", {"dt_rank": "big"}, "dt_rank"),
     ("mamba", {"d_conv": 0}, "d_conv"),
     ("ngram", {"n": 0}, "n must"),

@@ -18,7 +18,8 @@ def wkv(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chun
         wkv_t = (sum_{i<t} e^{-(t-1-i) w + k_i} v_i + e^{u + k_t} v_t)
                 / (sum_{i<t} e^{-(t-1-i) w + k_i} + e^{u + k_t}),
 
-    w > 0 the decay and u the bonus of the current token. Each chunk of ``chunk_size``
+    w > 0 the decay (w < 0 makes the weights grow into the past) and u the bonus of the current
+    token. Each chunk of ``chunk_size``
     positions is computed at once from its matrix of exponents (chunk x chunk); the positions
     before the chunk enter through the recurrent state (a, b, p), with
     sum_{i<t0} e^{-(t0-1-i) w + k_i} (v_i, 1) = e^p (a, b). Every exponential is taken after
@@ -78,6 +79,11 @@ class RWKV(nn.Module):
         r_t = W_r x'_t,  k_t = W_k x'_t,  v_t = W_v x'_t,
         o_t = W_o (sigmoid(r_t) * wkv_t),  w = exp(time_decay) > 0,  u = time_first.
 
+    ``past_weights="grow"`` passes -w to WKV instead: each earlier token's weight is multiplied by
+    e^w per position instead of e^-w, so the oldest tokens weigh most. This is the layer seq_icl
+    trains (its RWKV hands exp(time_decay) to a log-space WKV kernel whose source negates it
+    first); the Triton kernel assumes decaying weights, so this form always runs ``wkv``.
+
     The mixes, decays and bonuses start as in the RWKV-4 initialisation for a layer half-way up
     the stack (the layer index is not known here): decays spread over channels from
     e^-5 to e^3, bonus log(0.3) with a zigzag, mixes rising with the channel index
@@ -86,14 +92,18 @@ class RWKV(nn.Module):
     triton imports, ``"torch"`` always with ``wkv`` (chunks of ``chunk_size``).
     """
 
-    def __init__(self, d_model: int, max_len: int, chunk_size: int = 32, init: str = "rwkv4", impl: str = "auto"):
+    def __init__(self, d_model: int, max_len: int, chunk_size: int = 32, init: str = "rwkv4",
+                 past_weights: str = "decay", impl: str = "auto"):
         super().__init__()
         if chunk_size < 1:
             raise ConfigError(f"rwkv: chunk_size must be a positive integer, got {chunk_size}")
         if init not in ("rwkv4", "normal"):
             raise ConfigError(f"rwkv: init must be rwkv4 or normal, got {init!r}")
+        if past_weights not in ("decay", "grow"):
+            raise ConfigError(f"rwkv: past_weights must be decay or grow, got {past_weights!r}")
         ops.require(impl in ("auto", "torch"), "rwkv", f"impl must be auto or torch, got {impl!r}")
         self.d_model, self.chunk_size, self.impl = d_model, chunk_size, impl
+        self.grow = past_weights == "grow"
         depth = 0.5             # RWKV-4's layer_id / n_layers; its ratio_1_to_almost0 is 1 - depth
         h = torch.arange(d_model, dtype=torch.float32)
         self.time_decay = nn.Parameter(-5 + 8 * (h / max(d_model - 1, 1)) ** (0.7 + 1.3 * depth))
@@ -116,13 +126,18 @@ class RWKV(nn.Module):
             return x * mu + prev * (1 - mu)
         return self.receptance(mix(self.mix_r)), self.key(mix(self.mix_k)), self.value(mix(self.mix_v))
 
+    def _w(self) -> torch.Tensor:
+        """The w handed to WKV: each step back multiplies a token's weight by e^-w."""
+        w = torch.exp(self.time_decay)
+        return -w if self.grow else w
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         prev = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
         r, k, v = self._rkv(x, prev)
-        if self.impl == "auto" and triton_scan.available(k, v):
-            y = triton_scan.wkv(torch.exp(self.time_decay), self.time_first, k, v)
+        if self.impl == "auto" and not self.grow and triton_scan.available(k, v):
+            y = triton_scan.wkv(self._w(), self.time_first, k, v)
         else:
-            y = wkv(torch.exp(self.time_decay), self.time_first, k, v, self.chunk_size)
+            y = wkv(self._w(), self.time_first, k, v, self.chunk_size)
         return self.output(torch.sigmoid(r) * y)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> dict:
@@ -132,7 +147,7 @@ class RWKV(nn.Module):
 
     def step(self, x: torch.Tensor, state: dict):
         r, k, v = self._rkv(x, state["x"])
-        y, (a, b, p) = wkv_step(torch.exp(self.time_decay), self.time_first, k, v,
+        y, (a, b, p) = wkv_step(self._w(), self.time_first, k, v,
                                 (state["a"], state["b"], state["p"]))
         return self.output(torch.sigmoid(r) * y), {"x": x, "a": a, "b": b, "p": p}
 
