@@ -75,10 +75,11 @@ def test_seq_icl_sizes(family, layer, d_model, n_layers):
     ("gilr", {"output_gate": True, "activation": "linear", "dropout": 0.2}, 26_880),
     ("lru", {"output_gate": True, "d_state": 32, "dropout": 0.2}, 31_360),
     ("lstm", {"init": "xavier_orthogonal"}, 35_200),
-    ("rwkv", {"init": "normal"}, 26_816),
+    ("rwkv", {"init": "normal", "past_weights": "grow"}, 26_816),
 ])
 def test_seq_icl_recurrent_layers_are_its_blocks(family, layer, options, params):
-    """seq_icl's GILR and LRU are gated blocks, its LSTM and RWKV have their own initialisations. The parameter
+    """seq_icl's GILR and LRU are gated blocks, its LSTM and RWKV have their own initialisations (and its RWKV's
+    weights grow into the past). The parameter
     counts are seq_icl's models' (vocabulary 40 or 16, tied head), counted from its layer code."""
     c = compose_experiment(f"synthetics/{family}/{layer}")
     assert c["model"]["mixer"] == {**c["model"]["mixer"], **options}
