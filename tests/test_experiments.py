@@ -78,9 +78,9 @@ def test_seq_icl_sizes(family, layer, d_model, n_layers):
     ("rwkv", {"init": "normal", "past_weights": "grow"}, 26_816),
 ])
 def test_seq_icl_recurrent_layers_are_its_blocks(family, layer, options, params):
-    """seq_icl's GILR and LRU are gated blocks, its LSTM and RWKV have their own initialisations (and its RWKV's
-    weights grow into the past). The parameter
-    counts are seq_icl's models' (vocabulary 40 or 16, tied head), counted from its layer code."""
+    """seq_icl's GILR and LRU are gated blocks, its LSTM and RWKV have their own initialisations, and its
+    RWKV's weights grow into the past. The parameter counts are seq_icl's models' (vocabulary 40 or 16,
+    tied head), counted from its layer code."""
     c = compose_experiment(f"synthetics/{family}/{layer}")
     assert c["model"]["mixer"] == {**c["model"]["mixer"], **options}
     vocab = c["task"]["vocab_size"]

@@ -8,7 +8,7 @@ import torch
 
 from seqicl import layers
 from seqicl.errors import ConfigError
-from seqicl.layers import ops
+from seqicl.layers import ops, triton_scan
 from seqicl.layers.ngram import ngram_attention
 from seqicl.layers.rwkv import wkv
 from seqicl.models.lm import TokenLM, weight_decay_split
@@ -264,8 +264,6 @@ def test_rwkv_growing_past_weights_layer_re_derived():
 
 
 def test_rwkv_growing_past_weights_never_take_the_triton_kernel(monkeypatch):
-    from seqicl.layers import triton_scan
-
     def refuse(*args):
         raise AssertionError("the Triton WKV kernel assumes decaying weights")
     monkeypatch.setattr(triton_scan, "available", lambda *tensors: True)

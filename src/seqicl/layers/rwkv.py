@@ -19,11 +19,10 @@ def wkv(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chun
                 / (sum_{i<t} e^{-(t-1-i) w + k_i} + e^{u + k_t}),
 
     w > 0 the decay (w < 0 makes the weights grow into the past) and u the bonus of the current
-    token. Each chunk of ``chunk_size``
-    positions is computed at once from its matrix of exponents (chunk x chunk); the positions
-    before the chunk enter through the recurrent state (a, b, p), with
-    sum_{i<t0} e^{-(t0-1-i) w + k_i} (v_i, 1) = e^p (a, b). Every exponential is taken after
-    subtracting the largest exponent it is summed with, so nothing overflows.
+    token. Each chunk of ``chunk_size`` positions is computed at once from its matrix of
+    exponents (chunk x chunk); the positions before the chunk enter through the recurrent state
+    (a, b, p), with sum_{i<t0} e^{-(t0-1-i) w + k_i} (v_i, 1) = e^p (a, b). Every exponential is
+    taken after subtracting the largest exponent it is summed with, so nothing overflows.
     """
     B, T, D = k.shape
     a = k.new_zeros(B, D)
