@@ -28,6 +28,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "lstm+xavier_orthogonal": ("lstm", {"init": "xavier_orthogonal"}),
     "rwkv+normal": ("rwkv", {"init": "normal"}),
     "rwkv+grow": ("rwkv", {"init": "normal", "past_weights": "grow"}),
+    "s4d+bilinear": ("s4d", {"discretization": "bilinear"}),
+    "h3+bilinear": ("h3", {"discretization": "bilinear", "head_dim": 2}),
 }
 
 

@@ -72,6 +72,51 @@ def test_h3_shift_ssm_is_a_shift():
     torch.testing.assert_close(shifted[:, 0], torch.zeros_like(k[:, 0]))
 
 
+@pytest.mark.parametrize("discretization", ["zoh", "bilinear"])
+def test_s4d_kernel_is_its_discretized_state_space(discretization):
+    # Each complex mode (A, B, C) with its conjugate is the real system x' = A x + B u on
+    # x = (Re, Im), read out by 2 Re(C x); discretize it with matrices and run the recurrence.
+    torch.manual_seed(0)
+    kernel = layers.s4d.S4DKernel(2, 6, 0.01, 0.5, discretization).double()
+    with torch.no_grad():
+        kernel.B.normal_()
+        kernel.log_A_real.normal_()
+    A = torch.complex(-torch.exp(kernel.log_A_real), kernel.A_imag).detach()
+    Bc, Cc = torch.view_as_complex(kernel.B).detach(), torch.view_as_complex(kernel.C).detach()
+    expected = torch.zeros(2, T, dtype=torch.float64)
+    for c, n in itertools.product(range(2), range(3)):
+        a, b = A[c, n].real, A[c, n].imag
+        Ar = torch.stack([torch.stack([a, -b]), torch.stack([b, a])])
+        Br = torch.stack([Bc[c, n].real, Bc[c, n].imag])
+        Cr = 2 * torch.stack([Cc[c, n].real, -Cc[c, n].imag])
+        dt, eye = kernel.log_dt[c].exp().detach(), torch.eye(2, dtype=torch.float64)
+        if discretization == "zoh":
+            dA = torch.linalg.matrix_exp(dt * Ar)
+            dB = torch.linalg.solve(Ar, (dA - eye) @ Br)
+        else:
+            dA = torch.linalg.solve(eye - dt / 2 * Ar, eye + dt / 2 * Ar)
+            dB = torch.linalg.solve(eye - dt / 2 * Ar, dt * Br)
+        x = dB                                             # the state after an impulse at l = 0
+        for l in range(T):
+            expected[c, l] += Cr @ x
+            x = dA @ x
+    torch.testing.assert_close(kernel(T).detach(), expected)
+
+
+def test_s4d_discretizations_differ_and_agree_for_small_steps():
+    torch.manual_seed(0)
+    zoh = layers.s4d.S4DKernel(3, 8, 1e-4, 1e-3).double()
+    bilinear = layers.s4d.S4DKernel(3, 8, 1e-4, 1e-3, "bilinear").double()
+    bilinear.load_state_dict(zoh.state_dict())
+    k_zoh, k_bil = zoh(T).detach(), bilinear(T).detach()
+    assert not torch.equal(k_zoh, k_bil)
+    torch.testing.assert_close(k_bil, k_zoh, rtol=1e-5, atol=1e-9)
+    with torch.no_grad():
+        zoh.log_dt.fill_(0.0)
+        bilinear.log_dt.fill_(0.0)                       # dt = 1: the two rules part
+    assert (zoh(T) - bilinear(T)).abs().max() > 1e-2
+
+
 def test_hyena_filters_decay_and_state_grows():
     layer = build("hyena")
     h = layer.filter().view(layer.order, D, T)
@@ -378,6 +423,20 @@ def test_ssm_dynamics_are_not_weight_decayed():
         assert id(p) in no_decay
     for p in (s4d.kernel.C, mamba.in_proj.weight, h3.shift_C, model.embed.weight):
         assert id(p) in decay
+    for p in (s4d.D, h3.q_proj.bias, model.norm.weight):
+        assert id(p) in no_decay
+
+
+def test_decay_vectors_decays_vectors_but_not_ssm_dynamics():
+    model = TokenLM(vocab_size=5, max_len=T, d_model=D, blocks=[{"mixer": "s4d"}, {"mixer": "h3"}])
+    decay, no_decay = weight_decay_split(model, decay_vectors=True)
+    decay, no_decay = {id(p) for p in decay}, {id(p) for p in no_decay}
+    s4d, h3 = (b.mixer for b in model.blocks)
+    for p in (s4d.D, h3.q_proj.bias, h3.diag_D, model.norm.weight, model.embed.weight, h3.shift_C):
+        assert id(p) in decay
+    for p in (s4d.kernel.log_A_real, s4d.kernel.log_dt, s4d.kernel.B, h3.diag.A_imag):
+        assert id(p) in no_decay
+    assert len(decay) + len(no_decay) == len({id(p) for p in model.parameters()})
 
 
 # --- configuration errors ------------------------------------------------------------------
@@ -386,6 +445,7 @@ def test_ssm_dynamics_are_not_weight_decayed():
     ("s4d", {"d_state": 7}, "d_state"),
     ("s4d", {"dt_min": 0.2}, "dt_min"),
     ("h3", {"head_dim": 3}, "head_dim"),
+    ("h3", {"discretization": "euler"}, "zoh or bilinear"),
     ("hyena", {"emb_dim": 4}, "emb_dim"),
     ("hyena", {"order": 0}, "order"),
     ("lru", {"r_min": 0.99, "r_max": 0.9}, "r_min"),

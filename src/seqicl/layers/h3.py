@@ -27,11 +27,12 @@ class H3(nn.Module):
     SSM_shift has A = the shift matrix and B = e_1, so its state holds the last d_state inputs
     and it is the causal convolution with its learned C (length d_state), plus a skip D.
     SSM_diag is an S4D-Lin diagonal SSM (``S4DKernel``), one per head, shared by the
-    d_h x d_h entries of that head, plus a skip D. Both are applied by FFT convolution.
+    d_h x d_h entries of that head, plus a skip D; ``discretization`` is zoh or bilinear
+    (``S4DKernel``). Both SSMs are applied by FFT convolution.
     """
 
     def __init__(self, d_model: int, max_len: int, d_state: int = 64, head_dim: int = 1,
-                 dt_min: float = 0.001, dt_max: float = 0.1, bias: bool = True):
+                 dt_min: float = 0.001, dt_max: float = 0.1, bias: bool = True, discretization: str = "zoh"):
         super().__init__()
         check_ssm_args("h3", d_state, dt_min, dt_max)
         if head_dim < 1 or d_model % head_dim:
@@ -43,7 +44,7 @@ class H3(nn.Module):
         self.v_proj = nn.Linear(d_model, d_model, bias=bias)
         self.shift_C = nn.Parameter(torch.randn(d_model, d_state) / math.sqrt(d_state))
         self.shift_D = nn.Parameter(torch.randn(d_model))
-        self.diag = S4DKernel(self.n_heads, d_state, dt_min, dt_max)
+        self.diag = S4DKernel(self.n_heads, d_state, dt_min, dt_max, discretization)
         self.diag_D = nn.Parameter(torch.randn(self.n_heads))
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
 

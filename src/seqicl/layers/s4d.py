@@ -18,14 +18,22 @@ class S4DKernel(nn.Module):
     """``channels`` independent diagonal SSMs x' = A x + B u, y = C x with N/2 complex modes each.
 
     S4D-Lin initialisation A_n = -1/2 + i pi n, B_n = 1, C_n ~ complex normal; dt = exp(log_dt)
-    with log_dt uniform in [log dt_min, log dt_max]. Zero-order hold gives
-    dA = exp(dt A), dB = (exp(dt A) - 1) / A * B, and since the modes come in conjugate pairs the
-    convolution kernel is K_l = 2 Re(sum_n C_n dB_n dA_n^l), a Vandermonde product.
+    with log_dt uniform in [log dt_min, log dt_max]. ``discretization`` turns the continuous system
+    into a recurrence x_l = dA x_l-1 + dB u_l:
+      zoh (zero-order hold, S4D's default): dA = exp(dt A), dB = (exp(dt A) - 1) / A * B;
+      bilinear (the trapezoid rule, safari's default): dA = (1 + dt A/2) / (1 - dt A/2),
+        dB = dt / (1 - dt A/2) * B.
+    Since the modes come in conjugate pairs the convolution kernel is
+    K_l = 2 Re(sum_n C_n dB_n dA_n^l), a Vandermonde product.
     The real part of A is kept negative by storing log(-Re A).
     """
 
-    def __init__(self, channels: int, d_state: int, dt_min: float, dt_max: float):
+    def __init__(self, channels: int, d_state: int, dt_min: float, dt_max: float,
+                 discretization: str = "zoh"):
         super().__init__()
+        if discretization not in ("zoh", "bilinear"):
+            raise ConfigError(f"S4D kernel: discretization must be zoh or bilinear, got {discretization!r}")
+        self.discretization = discretization
         half = d_state // 2
         log_dt = torch.rand(channels) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
         self.log_dt = nn.Parameter(log_dt)
@@ -37,17 +45,20 @@ class S4DKernel(nn.Module):
             p._no_weight_decay = True                         # S4's recipe: no decay on A, B, dt
 
     def discrete(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """dt A, dB and C (channels, N/2), complex; dA = exp(dt A)."""
+        """log dA, dB and C (channels, N/2), complex."""
         A = torch.complex(-torch.exp(self.log_A_real), self.A_imag)
-        dtA = torch.exp(self.log_dt)[:, None] * A
-        dB = (torch.exp(dtA) - 1) / A * torch.view_as_complex(self.B)
-        return dtA, dB, torch.view_as_complex(self.C)
+        dt = torch.exp(self.log_dt)[:, None]
+        dtA = dt * A
+        B = torch.view_as_complex(self.B)
+        if self.discretization == "zoh":
+            return dtA, (torch.exp(dtA) - 1) / A * B, torch.view_as_complex(self.C)
+        return torch.log((1 + dtA / 2) / (1 - dtA / 2)), dt / (1 - dtA / 2) * B, torch.view_as_complex(self.C)
 
     def forward(self, length: int) -> torch.Tensor:
         """The kernel K (channels, length)."""
-        dtA, dB, C = self.discrete()
-        powers = torch.arange(length, device=dtA.device, dtype=self.log_dt.dtype)
-        vandermonde = torch.exp(dtA[..., None] * powers)                   # dA_n^l
+        log_dA, dB, C = self.discrete()
+        powers = torch.arange(length, device=log_dA.device, dtype=self.log_dt.dtype)
+        vandermonde = torch.exp(log_dA[..., None] * powers)                 # dA_n^l
         return 2 * torch.einsum("cn,cnl->cl", C * dB, vandermonde).real
 
     def init_state(self, *batch_shape: int, device=None, dtype=None) -> torch.Tensor:
@@ -57,8 +68,8 @@ class S4DKernel(nn.Module):
 
     def step(self, u: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """u (..., channels), state (..., channels, N/2) -> y = 2 Re(C x), next x = dA x + dB u."""
-        dtA, dB, C = self.discrete()
-        state = torch.exp(dtA) * state + dB * u[..., None]
+        log_dA, dB, C = self.discrete()
+        state = torch.exp(log_dA) * state + dB * u[..., None]
         return 2 * (C * state).sum(-1).real, state
 
 
@@ -78,11 +89,11 @@ class S4D(nn.Module):
     """
 
     def __init__(self, d_model: int, max_len: int, d_state: int = 64, dt_min: float = 0.001,
-                 dt_max: float = 0.1, dropout: float = 0.0):
+                 dt_max: float = 0.1, dropout: float = 0.0, discretization: str = "zoh"):
         super().__init__()
         check_ssm_args("s4d", d_state, dt_min, dt_max)
         self.d_model, self.d_state = d_model, d_state
-        self.kernel = S4DKernel(d_model, d_state, dt_min, dt_max)
+        self.kernel = S4DKernel(d_model, d_state, dt_min, dt_max, discretization)
         self.D = nn.Parameter(torch.randn(d_model))
         self.drop = nn.Dropout(dropout)
         self.out_proj = nn.Linear(d_model, d_model)

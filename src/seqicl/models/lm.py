@@ -60,15 +60,17 @@ class TokenLM(BlockStack):
         return self.head(self.norm(x)), state
 
 
-def weight_decay_split(model: nn.Module) -> tuple[list, list]:
+def weight_decay_split(model: nn.Module, decay_vectors: bool = False) -> tuple[list, list]:
     """Trainable parameters (each once) that take weight decay, and those that do not.
 
-    Matrices and embeddings decay; vectors (biases, norms) and parameters a layer marks with
-    ``_no_weight_decay = True`` (the dynamics of state space models) do not.
+    Matrices and embeddings decay; parameters a layer marks with ``_no_weight_decay = True`` (the
+    dynamics of state space models) do not; vectors (biases, norms, skip weights) decay only with
+    ``decay_vectors`` (as in safari's optimiser, which seq_icl trains with).
     """
     decay, no_decay = [], []
     for p in {id(p): p for p in model.parameters() if p.requires_grad}.values():
-        (no_decay if p.dim() < 2 or getattr(p, "_no_weight_decay", False) else decay).append(p)
+        exempt = getattr(p, "_no_weight_decay", False) or (p.dim() < 2 and not decay_vectors)
+        (no_decay if exempt else decay).append(p)
     return decay, no_decay
 
 

@@ -20,7 +20,7 @@ TOP_LEVEL = {"name", "seed", "ckpt_path", "compile", "imports", "task", "model",
 SECTIONS = {
     "data": {"batch_size", "train_size", "val_size", "test_size", "eval_batch_size", "steps_per_epoch",
              "on_device", "generate_on_device"},
-    "optim": {"name", "lr", "weight_decay", "betas", "eps", "fused"},
+    "optim": {"name", "lr", "weight_decay", "decay_vectors", "betas", "eps", "fused"},
     "scheduler": {"name", "warmup_steps", "warmup_fraction", "min_lr_ratio"},
     "callbacks": {"checkpoint", "stop_at_accuracy", "lr_monitor", "progress_bar"},
     "logger": {"name", "project", "entity", "offline", "tags"},

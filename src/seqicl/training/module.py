@@ -204,7 +204,7 @@ class SeqICLModule(pl.LightningModule):
         cfg = self.optim_cfg
         if cfg.get("name", "adamw") != "adamw":
             raise ConfigError(f"optim.name must be adamw, got {cfg.get('name')!r}")
-        decay, no_decay = weight_decay_split(self.model)
+        decay, no_decay = weight_decay_split(self.model, bool(cfg.get("decay_vectors", False)))
         groups = [{"params": decay, "weight_decay": cfg["weight_decay"]},
                   {"params": no_decay, "weight_decay": 0.0}]
         # Under a gradient scaler (fp16) a fused optimizer unscales inside its step, after clipping
