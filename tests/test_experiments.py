@@ -102,9 +102,12 @@ def test_seq_icl_model_and_optimiser_follow_its_code_base(family):
     c = compose_experiment(f"synthetics/{family}/transformer")
     assert (c["model"]["init"], c["model"]["tie_embeddings"]) == ("gpt2", True)
     assert (tuple(c["optim"]["betas"]), c["trainer"]["gradient_clip_val"]) == ((0.9, 0.999), 0.0)
+    assert c["optim"]["decay_vectors"] is True
     model = build_model(c["model"], build_task(c["task"]))
     assert model.head.weight is model.embed.weight
     assert model.blocks[0].mixer.out_proj.weight.std().item() < 0.01     # 0.02 / sqrt(16 branches)
+    h3 = compose_experiment(f"synthetics/{family}/h3")
+    assert build_model(h3["model"], build_task(h3["task"])).blocks[0].mixer.diag.discretization == "bilinear"
 
 
 @pytest.mark.parametrize("layer", [e.rsplit("/", 1)[1] for e in EXPERIMENTS
