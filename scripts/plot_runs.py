@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--metric", default="val/accuracy")
     parser.add_argument("--out", type=Path, default=Path("curves.png"))
     parser.add_argument("--title", default=None)
-    parser.add_argument("--reference", nargs="*", default=[], help="LABEL=VALUE horizontal lines")
+    parser.add_argument("--reference", nargs="*", action="extend", default=[], help="LABEL=VALUE horizontal lines (the flag may repeat)")
     parser.add_argument("--minimise", action="store_true", help="the best value is the lowest (losses)")
     args = parser.parse_args(argv)
 

@@ -44,3 +44,12 @@ def test_bad_input_is_one_line(plot_runs, tmp_path, args, message):
     args = [a.format(missing=tmp_path / "nowhere", run=run) for a in args]
     with pytest.raises(SystemExit, match=message):
         plot_runs.main([*args, "--out", str(tmp_path / "p.png")])
+
+
+def test_repeated_reference_flags_all_draw(plot_runs, tmp_path, monkeypatch):
+    run = write_metrics(tmp_path / "run", [(5, None, 0.5)])
+    drawn = []
+    monkeypatch.setattr(plot_runs.plt.Axes, "axhline", lambda ax, y, **kw: drawn.append((kw["label"], y)))
+    plot_runs.main([f"x={run}", "--reference", "chance=0.1", "--reference", "published=0.9", "baseline=0.5",
+                    "--out", str(tmp_path / "p.png")])
+    assert drawn == [("chance", 0.1), ("published", 0.9), ("baseline", 0.5)]
