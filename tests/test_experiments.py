@@ -107,7 +107,8 @@ def test_seq_icl_model_and_optimiser_follow_its_code_base(family):
     assert model.head.weight is model.embed.weight
     assert model.blocks[0].mixer.out_proj.weight.std().item() < 0.01     # 0.02 / sqrt(16 branches)
     h3 = compose_experiment(f"synthetics/{family}/h3")
-    assert build_model(h3["model"], build_task(h3["task"])).blocks[0].mixer.diag.discretization == "bilinear"
+    mixer = build_model(h3["model"], build_task(h3["task"])).blocks[0].mixer
+    assert mixer.diag.discretization == "bilinear" and mixer.shift_B is not None
 
 
 @pytest.mark.parametrize("layer", [e.rsplit("/", 1)[1] for e in EXPERIMENTS

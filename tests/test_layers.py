@@ -30,6 +30,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "rwkv+grow": ("rwkv", {"init": "normal", "past_weights": "grow"}),
     "s4d+bilinear": ("s4d", {"discretization": "bilinear"}),
     "h3+bilinear": ("h3", {"discretization": "bilinear", "head_dim": 2}),
+    "h3+shift_ssm": ("h3", {"shift": "ssm"}),
 }
 
 

@@ -38,8 +38,8 @@ def test_fft_causal_conv_equals_direct(kernel_len):
     torch.testing.assert_close(ops.fft_causal_conv(u, k), expected)
 
 
-@pytest.mark.parametrize("name,kw", [("s4d", {}), ("h3", {}), ("h3", {"head_dim": 4}), ("hyena", {}),
-                                     ("hyena", {"order": 3})])
+@pytest.mark.parametrize("name,kw", [("s4d", {}), ("h3", {}), ("h3", {"head_dim": 4}), ("h3", {"shift": "ssm"}),
+                                     ("hyena", {}), ("hyena", {"order": 3})])
 def test_conv_layers_fft_equals_direct_convolution(name, kw, monkeypatch):
     layer, x = build(name, **kw), x64()
     y_fft = layer(x)
@@ -70,6 +70,22 @@ def test_h3_shift_ssm_is_a_shift():
     shifted = layer.shift_ssm(k)
     torch.testing.assert_close(shifted[:, 1:], k[:, :-1])
     torch.testing.assert_close(shifted[:, 0], torch.zeros_like(k[:, 0]))
+
+
+def test_h3_shift_ssm_with_learned_B_runs_its_state_space():
+    # x_t = S x_{t-1} + B k_t (S shifts the state down one slot), y_t = C . x_t + D k_t, per channel.
+    layer = build("h3", shift="ssm")
+    torch.testing.assert_close(layer.shift_kernel(), layer.shift_C)            # B = e_1 at initialisation
+    assert layer.shift_B._no_weight_decay and layer.shift_C.abs().max() <= 1 / math.sqrt(layer.d_state)
+    with torch.no_grad():
+        layer.shift_B.normal_()
+    k = x64()
+    x = torch.zeros(k.shape[0], D, layer.d_state, dtype=k.dtype)
+    expected = []
+    for t in range(k.shape[1]):
+        x = torch.cat([x.new_zeros(k.shape[0], D, 1), x[..., :-1]], dim=-1) + layer.shift_B * k[:, t, :, None]
+        expected.append((layer.shift_C * x).sum(-1) + layer.shift_D * k[:, t])
+    torch.testing.assert_close(layer.shift_ssm(k), torch.stack(expected, dim=1))
 
 
 @pytest.mark.parametrize("discretization", ["zoh", "bilinear"])
@@ -446,6 +462,7 @@ def test_decay_vectors_decays_vectors_but_not_ssm_dynamics():
     ("s4d", {"dt_min": 0.2}, "dt_min"),
     ("h3", {"head_dim": 3}, "head_dim"),
     ("h3", {"discretization": "euler"}, "zoh or bilinear"),
+    ("h3", {"shift": "fixed"}, "conv or ssm"),
     ("hyena", {"emb_dim": 4}, "emb_dim"),
     ("hyena", {"order": 0}, "order"),
     ("lru", {"r_min": 0.99, "r_max": 0.9}, "r_min"),

@@ -24,25 +24,41 @@ class H3(nn.Module):
                                     O_t = Q_t^T SSM_diag(KV)_t
         y = concat_h(O) W_O
 
-    SSM_shift has A = the shift matrix and B = e_1, so its state holds the last d_state inputs
-    and it is the causal convolution with its learned C (length d_state), plus a skip D.
+    SSM_shift has A = the shift matrix, so its state holds the last d_state inputs and it is a
+    causal convolution with a length-d_state kernel, plus a skip D. ``shift`` chooses how that
+    kernel is learned:
+      "conv": B = e_1 is fixed and the kernel is C, drawn from N(0, 1/d_state).
+      "ssm":  B and C are both learned, k_l = sum_j B_j C_{j+l}; B starts at e_1 (so k = C at
+              initialisation) and takes no weight decay, and C is drawn like torch's Conv1d
+              weights, U(-1/sqrt(d_state), 1/sqrt(d_state)) (safari's SSKernelShift).
     SSM_diag is an S4D-Lin diagonal SSM (``S4DKernel``), one per head, shared by the
     d_h x d_h entries of that head, plus a skip D; ``discretization`` is zoh or bilinear
     (``S4DKernel``). Both SSMs are applied by FFT convolution.
     """
 
     def __init__(self, d_model: int, max_len: int, d_state: int = 64, head_dim: int = 1,
-                 dt_min: float = 0.001, dt_max: float = 0.1, bias: bool = True, discretization: str = "zoh"):
+                 dt_min: float = 0.001, dt_max: float = 0.1, bias: bool = True, discretization: str = "zoh", shift: str = "conv"):
         super().__init__()
         check_ssm_args("h3", d_state, dt_min, dt_max)
         if head_dim < 1 or d_model % head_dim:
             raise ConfigError(f"h3: d_model={d_model} is not divisible by head_dim={head_dim}")
+        if shift not in ("conv", "ssm"):
+            raise ConfigError(f"h3: shift={shift!r}; use conv or ssm")
         self.d_model, self.d_state, self.head_dim = d_model, d_state, head_dim
         self.n_heads = d_model // head_dim
         self.q_proj = nn.Linear(d_model, d_model, bias=bias)
         self.k_proj = nn.Linear(d_model, d_model, bias=bias)
         self.v_proj = nn.Linear(d_model, d_model, bias=bias)
-        self.shift_C = nn.Parameter(torch.randn(d_model, d_state) / math.sqrt(d_state))
+        if shift == "conv":
+            self.shift_C = nn.Parameter(torch.randn(d_model, d_state) / math.sqrt(d_state))
+            self.shift_B = None
+        else:
+            bound = 1 / math.sqrt(d_state)
+            self.shift_C = nn.Parameter(torch.empty(d_model, d_state).uniform_(-bound, bound))
+            self.shift_B = nn.Parameter(torch.zeros(d_model, d_state))
+            with torch.no_grad():
+                self.shift_B[:, 0] = 1.0
+            self.shift_B._no_weight_decay = True
         self.shift_D = nn.Parameter(torch.randn(d_model))
         self.diag = S4DKernel(self.n_heads, d_state, dt_min, dt_max, discretization)
         self.diag_D = nn.Parameter(torch.randn(self.n_heads))
@@ -62,10 +78,19 @@ class H3(nn.Module):
         q = q.reshape(q.shape[:-1] + (self.n_heads, self.head_dim))
         return torch.einsum("...hi,...ijh->...hj", q, kv).flatten(-2)
 
+    def shift_kernel(self) -> torch.Tensor:
+        """The shift SSM's convolution kernel (d_model, d_state): C, or sum_j B_j C_{j+l} with learned B."""
+        if self.shift_B is None:
+            return self.shift_C
+        n = self.d_state
+        spectrum = torch.fft.rfft(self.shift_B, n=2 * n).conj() * torch.fft.rfft(self.shift_C, n=2 * n)
+        return torch.fft.irfft(spectrum, n=2 * n)[..., :n]
+
     def shift_ssm(self, k: torch.Tensor) -> torch.Tensor:
-        """SSM_shift(K) for K (batch, T, d_model): sum_{l < d_state} C_l K_{t-l} + D K_t."""
+        """SSM_shift(K) for K (batch, T, d_model): sum_{l < d_state} k_l K_{t-l} + D K_t."""
         k = k.transpose(1, 2)
-        return (ops.fft_causal_conv(k, self.shift_C[:, :k.shape[-1]]) + self.shift_D[:, None] * k).transpose(1, 2)
+        kernel = self.shift_kernel()[:, :k.shape[-1]]
+        return (ops.fft_causal_conv(k, kernel) + self.shift_D[:, None] * k).transpose(1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T = x.shape[1]
@@ -81,7 +106,7 @@ class H3(nn.Module):
 
     def step(self, x: torch.Tensor, state: dict):
         q, k, v = self._qkv(x)
-        shifted, window = ops.depthwise_conv_step(k, state["shift"], self.shift_C.flip(-1), None)
+        shifted, window = ops.depthwise_conv_step(k, state["shift"], self.shift_kernel().flip(-1), None)
         kv = self._outer(shifted + self.shift_D * k, v)
         y, diag = self.diag.step(kv, state["diag"])
         return self.out_proj(self._read(q, y + self.diag_D * kv)), {"shift": window, "diag": diag}
