@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Run reproduction sweeps on a remote GPU machine and collect their reports in $OUT/results.tgz.
+# Needs in .whl/ the pure-Python wheels the machine lacks: hydra-core, omegaconf, antlr4,
+# flash-linear-attention, and for sweep JOBs hydra-joblib-launcher and joblib.
 #
 #   bash scripts/device_reproduce.sh JOB [JOB ...]
 #
@@ -28,6 +30,12 @@
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
+for job in "$@"; do
+  [[ $job == train:* || $job == run:* ]] && continue
+  python3 -c "import joblib, hydra_plugins.hydra_joblib_launcher" 2>/dev/null && break
+  echo "sweep jobs need the joblib launcher: pip download --no-deps -d .whl hydra-joblib-launcher==1.2.0 joblib" >&2
+  exit 1
+done
 OUT=${OUT:-/tmp/out}
 RESULTS=/tmp/collected/results LOGS=/tmp/collected/logs
 mkdir -p "$RESULTS" "$LOGS"
