@@ -35,7 +35,7 @@ def test_run_writes_its_outputs(finished_run):
 def test_best_checkpoint_is_selected_on_validation(finished_run):
     out, _ = finished_run
     best = torch.load(out / "checkpoints/best.ckpt", map_location="cpu", weights_only=False)
-    cb = next(v for k, v in best["callbacks"].items() if k.startswith("ModelCheckpoint"))
+    cb = next(v for k, v in best["callbacks"].items() if k.startswith("ModelCheckpoint") and v["monitor"])
     assert cb["monitor"] == "val/accuracy"
     r = json.loads((out / "results.json").read_text())
     assert r["val"]["accuracy"] == pytest.approx(float(cb["best_model_score"]), abs=1e-6)
@@ -47,6 +47,16 @@ def test_resume_continues_to_the_new_step_count(finished_run, tmp_path):
                       f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((tmp_path / "results.json").read_text())["steps"] == 30
+
+
+def test_last_checkpoint_follows_training_when_validation_stops_improving(tmp_path):
+    # With no learning the validation accuracy never improves after the first check (step 10),
+    # so only last.ckpt can hold the state at the final check (step 20).
+    proc = run_module("train", *FAST, "optim.lr=0", "scheduler=constant", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    step = {name: torch.load(tmp_path / f"checkpoints/{name}.ckpt", map_location="cpu", weights_only=False)["global_step"]
+            for name in ("best", "last")}
+    assert step == {"best": 10, "last": 20}
 
 
 def test_a_finished_run_directory_is_never_overwritten(finished_run):

@@ -74,10 +74,14 @@ def _loggers(cfg: dict, out: Path):
 def _callbacks(cfg: dict, out: Path, task: tasks.Task) -> list:
     cbs = [Throughput()]
     if cfg.get("checkpoint", True):
+        # Two callbacks: Lightning writes a monitored callback's last.ckpt only when the monitored
+        # value improves, so a run on a plateau would resume from its last improvement. The
+        # unmonitored one rewrites last.ckpt at every validation.
         cbs.append(ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best",
                                    monitor=f"val/{task.selection_metric}", mode=task.selection_mode,
-                                   save_top_k=1, save_last=True, enable_version_counter=False,
-                                   auto_insert_metric_name=False))
+                                   save_top_k=1, enable_version_counter=False, auto_insert_metric_name=False))
+        cbs.append(ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="last", save_top_k=1,
+                                   enable_version_counter=False, auto_insert_metric_name=False))
     if cfg.get("lr_monitor", True):
         cbs.append(LearningRateMonitor(logging_interval="step"))
     bar = cfg.get("progress_bar", "rich")
