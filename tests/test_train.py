@@ -54,8 +54,8 @@ def test_last_checkpoint_follows_training_when_validation_stops_improving(tmp_pa
     # so only last.ckpt can hold the state at the final check (step 20).
     proc = run_module("train", *FAST, "optim.lr=0", "scheduler=constant", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    step = {name: torch.load(tmp_path / f"checkpoints/{name}.ckpt", map_location="cpu", weights_only=False)["global_step"]
-            for name in ("best", "last")}
+    step = {name: torch.load(tmp_path / f"checkpoints/{name}.ckpt", map_location="cpu",
+                             weights_only=False)["global_step"] for name in ("best", "last")}
     assert step == {"best": 10, "last": 20}
 
 

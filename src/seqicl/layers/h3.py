@@ -37,7 +37,8 @@ class H3(nn.Module):
     """
 
     def __init__(self, d_model: int, max_len: int, d_state: int = 64, head_dim: int = 1,
-                 dt_min: float = 0.001, dt_max: float = 0.1, bias: bool = True, discretization: str = "zoh", shift: str = "conv"):
+                 dt_min: float = 0.001, dt_max: float = 0.1, bias: bool = True, discretization: str = "zoh",
+                 shift: str = "conv"):
         super().__init__()
         check_ssm_args("h3", d_state, dt_min, dt_max)
         if head_dim < 1 or d_model % head_dim:
