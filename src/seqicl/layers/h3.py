@@ -56,9 +56,7 @@ class H3(nn.Module):
         else:
             bound = 1 / math.sqrt(d_state)
             self.shift_C = nn.Parameter(torch.empty(d_model, d_state).uniform_(-bound, bound))
-            self.shift_B = nn.Parameter(torch.zeros(d_model, d_state))
-            with torch.no_grad():
-                self.shift_B[:, 0] = 1.0
+            self.shift_B = nn.Parameter(torch.eye(1, d_state).repeat(d_model, 1))   # e_1 per channel
             self.shift_B._no_weight_decay = True
         self.shift_D = nn.Parameter(torch.randn(d_model))
         self.diag = S4DKernel(self.n_heads, d_state, dt_min, dt_max, discretization)
@@ -80,12 +78,11 @@ class H3(nn.Module):
         return torch.einsum("...hi,...ijh->...hj", q, kv).flatten(-2)
 
     def shift_kernel(self) -> torch.Tensor:
-        """The shift SSM's convolution kernel (d_model, d_state): C, or sum_j B_j C_{j+l} with learned B."""
+        """The shift SSM's convolution kernel (d_model, d_state): C, or with learned B the correlation
+        k_l = sum_j B_j C_{j+l}, which is the causal convolution of the reversed C with B, reversed."""
         if self.shift_B is None:
             return self.shift_C
-        n = self.d_state
-        spectrum = torch.fft.rfft(self.shift_B, n=2 * n).conj() * torch.fft.rfft(self.shift_C, n=2 * n)
-        return torch.fft.irfft(spectrum, n=2 * n)[..., :n]
+        return ops.fft_causal_conv(self.shift_C.flip(-1), self.shift_B).flip(-1)
 
     def shift_ssm(self, k: torch.Tensor) -> torch.Tensor:
         """SSM_shift(K) for K (batch, T, d_model): sum_{l < d_state} k_l K_{t-l} + D K_t."""
